@@ -1,0 +1,6 @@
+// Umbrella header for kvq with its device kernels (needs nvcc / CUDA 13).
+#pragma once
+
+#include "kvq/cuda/error.cuh"
+#include "kvq/cuda/quantize_tensor.cuh"
+#include "kvq/kvq.hpp"

@@ -1,0 +1,157 @@
+// Device quantization and dequantization of [tokens, heads, head_dim] tensors with any policy: the same
+// quantize_group() the host reference runs, so codes and metadata agree bit for bit (tests/device).
+//
+// quantize: each CTA stages a tile of whole blocks in shared memory as floats (coalesced loads), then one thread
+// per (block, group) quantizes its group and writes its own words and metadata. No workspace is needed; the
+// optional poisoned-group counter is the caller's device memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kvq/core/element.hpp"
+#include "kvq/cuda/error.cuh"
+#include "kvq/quant/concept.hpp"
+#include "kvq/quant/tensor_layout.hpp"
+
+namespace kvq::cuda {
+
+namespace detail {
+
+// Blocks staged per CTA: about 4096 floats (16 KiB of shared memory) per tile.
+template <QuantizationPolicy P>
+inline constexpr int blocks_per_tile = (P::tokens_per_block * P::head_dim) >= 4096
+                                           ? 1
+                                           : 4096 / (P::tokens_per_block * P::head_dim);
+template <QuantizationPolicy P>
+inline constexpr int tile_floats = blocks_per_tile<P> * P::tokens_per_block * P::head_dim;
+template <QuantizationPolicy P>
+inline constexpr int quantize_threads = [] {
+  const int work = blocks_per_tile<P> * P::groups_per_block;
+  const int rounded = (work + 31) / 32 * 32;
+  return rounded > 256 ? 256 : rounded;
+}();
+
+template <class T>
+__device__ __forceinline__ float load_as_float(const T& value) {
+  return to_float(value);
+}
+
+template <QuantizationPolicy P, TensorElement T>
+__global__ void __launch_bounds__(quantize_threads<P>)
+    quantize_kernel(const T* __restrict__ input, TensorShape shape, std::uint8_t* __restrict__ codes,
+                    std::uint8_t* __restrict__ meta, typename P::Params params,
+                    unsigned long long* __restrict__ poisoned_groups) {
+  __shared__ float tile[tile_floats<P>];
+  const QuantizedTensorLayout<P> layout{shape};
+  const std::int64_t total_blocks = layout.blocks();
+  constexpr int block_floats = P::tokens_per_block * P::head_dim;
+  for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blocks_per_tile<P>; first < total_blocks;
+       first += static_cast<std::int64_t>(gridDim.x) * blocks_per_tile<P>) {
+    // Stage: element e of the tile is (block first + e / block_floats, row, channel).
+    for (int e = threadIdx.x; e < tile_floats<P>; e += blockDim.x) {
+      const std::int64_t block = first + e / block_floats;
+      const int row = e % block_floats / P::head_dim;
+      const int channel = e % P::head_dim;
+      float value = 0.0f;
+      if (block < total_blocks) {
+        const std::int64_t token = block / shape.heads * P::tokens_per_block + row;
+        const int head = static_cast<int>(block % shape.heads);
+        if (token < shape.tokens) value = load_as_float(input[(token * shape.heads + head) * P::head_dim + channel]);
+      }
+      tile[e] = value;
+    }
+    __syncthreads();
+    int poisoned = 0;
+    for (int work = threadIdx.x; work < blocks_per_tile<P> * P::groups_per_block; work += blockDim.x) {
+      const std::int64_t block = first + work / P::groups_per_block;
+      if (block >= total_blocks) break;
+      const int group = work % P::groups_per_block;
+      const int rows = layout.rows_in(block / shape.heads);
+      const bool finite = P::quantize_group(tile + (block - first) * block_floats, rows, group,
+                                            layout.block(codes, meta, block), params);
+      poisoned += finite ? 0 : 1;
+    }
+    if (poisoned != 0 && poisoned_groups != nullptr) atomicAdd(poisoned_groups, static_cast<unsigned long long>(poisoned));
+    __syncthreads();
+  }
+}
+
+template <QuantizationPolicy P, TensorElement T, int Chunk>
+__global__ void dequantize_kernel(const std::uint8_t* __restrict__ codes, const std::uint8_t* __restrict__ meta,
+                                  TensorShape shape, T* __restrict__ output, typename P::Params params,
+                                  Domain domain) {
+  const QuantizedTensorLayout<P> layout{shape};
+  constexpr int chunks_per_row = P::head_dim / Chunk;
+  const std::int64_t total = shape.tokens * shape.heads * chunks_per_row;
+  for (std::int64_t item = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; item < total;
+       item += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int chunk = static_cast<int>(item % chunks_per_row);
+    const std::int64_t token_head = item / chunks_per_row;
+    const std::int64_t token = token_head / shape.heads;
+    const int head = static_cast<int>(token_head % shape.heads);
+    const ConstBlockRef block =
+        layout.block(codes, meta, token / P::tokens_per_block * shape.heads + head);
+    const int row = static_cast<int>(token % P::tokens_per_block);
+    float values[Chunk];
+    if constexpr (Chunk == P::head_dim) {
+      dequantize_row<P>(block, row, values, params, domain);
+    } else {
+      P::dequantize(block, row, chunk * Chunk, Chunk, values, params);
+    }
+    T* destination = output + token_head * P::head_dim + chunk * Chunk;
+#pragma unroll
+    for (int k = 0; k < Chunk; ++k) destination[k] = from_float<T>(values[k]);
+  }
+}
+
+inline int grid_for(std::int64_t items, int threads) {
+  const std::int64_t blocks = (items + threads - 1) / threads;
+  return static_cast<int>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+}
+
+}  // namespace detail
+
+// Quantizes `input` (device memory, [tokens, heads, head_dim]) into `codes` and `meta` (device memory sized by
+// QuantizedTensorLayout<P>). Non-finite inputs poison their group; if `poisoned_groups` (device memory) is not
+// null, the number of poisoned groups is added to it. Asynchronous on `stream`.
+template <QuantizationPolicy P, TensorElement T>
+void quantize_tensor_async(const T* input, const TensorShape& shape, std::uint8_t* codes, std::uint8_t* meta,
+                           const typename P::Params& params, unsigned long long* poisoned_groups,
+                           cudaStream_t stream) {
+  const QuantizedTensorLayout<P> layout{shape};
+  layout.validate();
+  if (layout.blocks() == 0) return;
+  const std::int64_t tiles = (layout.blocks() + detail::blocks_per_tile<P> - 1) / detail::blocks_per_tile<P>;
+  const int grid = static_cast<int>(tiles < 65535 * 16 ? tiles : 65535 * 16);
+  detail::quantize_kernel<P, T><<<grid, detail::quantize_threads<P>, 0, stream>>>(input, shape, codes, meta, params,
+                                                                                  poisoned_groups);
+  check_launch("kvq::cuda::quantize_tensor_async");
+}
+
+// Dequantizes into `output` (device memory, [tokens, heads, head_dim]). Asynchronous on `stream`.
+template <QuantizationPolicy P, TensorElement T>
+void dequantize_tensor_async(const std::uint8_t* codes, const std::uint8_t* meta, const TensorShape& shape, T* output,
+                             const typename P::Params& params, Domain domain, cudaStream_t stream) {
+  const QuantizedTensorLayout<P> layout{shape};
+  layout.validate();
+  if (shape.tokens == 0) return;
+  constexpr int threads = 256;
+  if constexpr (P::rotated) {
+    if (domain == Domain::original) {  // undoing the rotation needs whole rows: one thread per row
+      const std::int64_t items = shape.tokens * shape.heads;
+      detail::dequantize_kernel<P, T, P::head_dim>
+          <<<detail::grid_for(items, threads), threads, 0, stream>>>(codes, meta, shape, output, params, domain);
+      check_launch("kvq::cuda::dequantize_tensor_async");
+      return;
+    }
+  }
+  constexpr int chunk = P::head_dim % 8 == 0 ? 8 : 4;
+  const std::int64_t items = shape.tokens * shape.heads * (P::head_dim / chunk);
+  detail::dequantize_kernel<P, T, chunk>
+      <<<detail::grid_for(items, threads), threads, 0, stream>>>(codes, meta, shape, output, params, domain);
+  check_launch("kvq::cuda::dequantize_tensor_async");
+}
+
+}  // namespace kvq::cuda

@@ -1,0 +1,27 @@
+// Umbrella header for kvq's host-compilable parts. Device kernels: #include <kvq/cuda/kvq.cuh>.
+#pragma once
+
+#include "kvq/core/element.hpp"
+#include "kvq/core/error.hpp"
+#include "kvq/core/float16.hpp"
+#include "kvq/core/float8.hpp"
+#include "kvq/core/scale_storage.hpp"
+#include "kvq/host/quantize_tensor.hpp"
+#include "kvq/quant/codebook.hpp"
+#include "kvq/quant/concept.hpp"
+#include "kvq/quant/fp8.hpp"
+#include "kvq/quant/outliers.hpp"
+#include "kvq/quant/packing.hpp"
+#include "kvq/quant/rotation.hpp"
+#include "kvq/quant/tensor_layout.hpp"
+#include "kvq/quant/uniform.hpp"
+#include "kvq/version.hpp"
+
+namespace kvq {
+// Built-in policies must satisfy the concept they document.
+static_assert(QuantizationPolicy<UniformPolicy<UniformConfig{}>>);
+static_assert(QuantizationPolicy<Fp8Policy<Fp8Config{}>>);
+static_assert(QuantizationPolicy<CodebookPolicy<CodebookConfig{}>>);
+static_assert(QuantizationPolicy<OutlierPolicy<UniformPolicy<UniformConfig{}>, OutlierConfig{}>>);
+static_assert(QuantizationPolicy<RotatedPolicy<UniformPolicy<UniformConfig{}>>>);
+}  // namespace kvq

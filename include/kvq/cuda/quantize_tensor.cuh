@@ -24,19 +24,19 @@ template <QuantizationPolicy P>
 inline constexpr int blocks_per_tile = (P::tokens_per_block * P::head_dim) >= 4096
                                            ? 1
                                            : 4096 / (P::tokens_per_block * P::head_dim);
+// One-token blocks are staged one float apart (stride head_dim + 1) and handed to consecutive lanes, so a warp's
+// lanes read 32 different banks; multi-token blocks are contiguous and their groups (channels) go to consecutive
+// lanes instead, which is conflict-free as it is.
 template <QuantizationPolicy P>
-inline constexpr int tile_floats = blocks_per_tile<P> * P::tokens_per_block * P::head_dim;
+inline constexpr int block_stride = P::tokens_per_block * P::head_dim + (P::tokens_per_block == 1 ? 1 : 0);
+template <QuantizationPolicy P>
+inline constexpr int tile_floats = blocks_per_tile<P> * block_stride<P>;
 template <QuantizationPolicy P>
 inline constexpr int quantize_threads = [] {
   const int work = blocks_per_tile<P> * P::groups_per_block;
   const int rounded = (work + 31) / 32 * 32;
   return rounded > 256 ? 256 : rounded;
 }();
-
-template <class T>
-__device__ __forceinline__ float load_as_float(const T& value) {
-  return to_float(value);
-}
 
 template <QuantizationPolicy P, TensorElement T>
 __global__ void __launch_bounds__(quantize_threads<P>)
@@ -47,29 +47,34 @@ __global__ void __launch_bounds__(quantize_threads<P>)
   const QuantizedTensorLayout<P> layout{shape};
   const std::int64_t total_blocks = layout.blocks();
   constexpr int block_floats = P::tokens_per_block * P::head_dim;
+  constexpr int work_items = blocks_per_tile<P> * P::groups_per_block;
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blocks_per_tile<P>; first < total_blocks;
        first += static_cast<std::int64_t>(gridDim.x) * blocks_per_tile<P>) {
-    // Stage: element e of the tile is (block first + e / block_floats, row, channel).
-    for (int e = threadIdx.x; e < tile_floats<P>; e += blockDim.x) {
-      const std::int64_t block = first + e / block_floats;
+    // Stage: element e of the tile is (block first + e / block_floats, row, channel); consecutive threads read
+    // consecutive input elements.
+    for (int e = threadIdx.x; e < blocks_per_tile<P> * block_floats; e += blockDim.x) {
+      const int local_block = e / block_floats;
+      const std::int64_t block = first + local_block;
       const int row = e % block_floats / P::head_dim;
       const int channel = e % P::head_dim;
       float value = 0.0f;
       if (block < total_blocks) {
         const std::int64_t token = block / shape.heads * P::tokens_per_block + row;
         const int head = static_cast<int>(block % shape.heads);
-        if (token < shape.tokens) value = load_as_float(input[(token * shape.heads + head) * P::head_dim + channel]);
+        if (token < shape.tokens) value = to_float(input[(token * shape.heads + head) * P::head_dim + channel]);
       }
-      tile[e] = value;
+      tile[local_block * block_stride<P> + e % block_floats] = value;
     }
     __syncthreads();
     int poisoned = 0;
-    for (int work = threadIdx.x; work < blocks_per_tile<P> * P::groups_per_block; work += blockDim.x) {
-      const std::int64_t block = first + work / P::groups_per_block;
-      if (block >= total_blocks) break;
-      const int group = work % P::groups_per_block;
+    for (int work = threadIdx.x; work < work_items; work += blockDim.x) {
+      const bool one_token = P::tokens_per_block == 1;
+      const int local_block = one_token ? work % blocks_per_tile<P> : work / P::groups_per_block;
+      const int group = one_token ? work / blocks_per_tile<P> : work % P::groups_per_block;
+      const std::int64_t block = first + local_block;
+      if (block >= total_blocks) continue;
       const int rows = layout.rows_in(block / shape.heads);
-      const bool finite = P::quantize_group(tile + (block - first) * block_floats, rows, group,
+      const bool finite = P::quantize_group(tile + local_block * block_stride<P>, rows, group,
                                             layout.block(codes, meta, block), params);
       poisoned += finite ? 0 : 1;
     }
@@ -78,31 +83,58 @@ __global__ void __launch_bounds__(quantize_threads<P>)
   }
 }
 
+// Writes Count converted values; 8 half-precision values go out as one 16-byte store when the output allows.
+template <TensorElement T, int Count>
+__device__ __forceinline__ void store_values(T* destination, const float* values, bool aligned16) {
+  if constexpr (sizeof(T) == 2 && Count % 8 == 0) {
+    if (!aligned16) {
+#pragma unroll
+      for (int k = 0; k < Count; ++k) destination[k] = from_float<T>(values[k]);
+      return;
+    }
+#pragma unroll
+    for (int k = 0; k < Count; k += 8) {
+      uint4 packed;
+      std::uint32_t* words = reinterpret_cast<std::uint32_t*>(&packed);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        words[j] = static_cast<std::uint32_t>(from_float<T>(values[k + 2 * j]).bits) |
+                   (static_cast<std::uint32_t>(from_float<T>(values[k + 2 * j + 1]).bits) << 16);
+      *reinterpret_cast<uint4*>(destination + k) = packed;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < Count; ++k) destination[k] = from_float<T>(values[k]);
+  }
+}
+
 template <QuantizationPolicy P, TensorElement T, int Chunk>
 __global__ void dequantize_kernel(const std::uint8_t* __restrict__ codes, const std::uint8_t* __restrict__ meta,
                                   TensorShape shape, T* __restrict__ output, typename P::Params params,
-                                  Domain domain) {
+                                  Domain domain, bool output_aligned16) {
   const QuantizedTensorLayout<P> layout{shape};
   constexpr int chunks_per_row = P::head_dim / Chunk;
-  const std::int64_t total = shape.tokens * shape.heads * chunks_per_row;
+  constexpr int rows_per_block = P::tokens_per_block;
+  const std::int64_t total = layout.blocks() * rows_per_block * chunks_per_row;
   for (std::int64_t item = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; item < total;
        item += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const int chunk = static_cast<int>(item % chunks_per_row);
-    const std::int64_t token_head = item / chunks_per_row;
-    const std::int64_t token = token_head / shape.heads;
-    const int head = static_cast<int>(token_head % shape.heads);
-    const ConstBlockRef block =
-        layout.block(codes, meta, token / P::tokens_per_block * shape.heads + head);
-    const int row = static_cast<int>(token % P::tokens_per_block);
+    // Item order (block, chunk, row): for multi-token blocks the lanes of a warp walk the rows of one chunk and
+    // share its groups' words and scales.
+    const int row = static_cast<int>(item % rows_per_block);
+    const int chunk = static_cast<int>(item / rows_per_block % chunks_per_row);
+    const std::int64_t block = item / (rows_per_block * chunks_per_row);
+    const std::int64_t token = block / shape.heads * rows_per_block + row;
+    if (token >= shape.tokens) continue;
+    const int head = static_cast<int>(block % shape.heads);
+    const ConstBlockRef block_ref = layout.block(codes, meta, block);
     float values[Chunk];
     if constexpr (Chunk == P::head_dim) {
-      dequantize_row<P>(block, row, values, params, domain);
+      dequantize_row<P>(block_ref, row, values, params, domain);
     } else {
-      P::dequantize(block, row, chunk * Chunk, Chunk, values, params);
+      P::dequantize(block_ref, row, chunk * Chunk, Chunk, values, params);
     }
-    T* destination = output + token_head * P::head_dim + chunk * Chunk;
-#pragma unroll
-    for (int k = 0; k < Chunk; ++k) destination[k] = from_float<T>(values[k]);
+    store_values<T, Chunk>(output + (token * shape.heads + head) * P::head_dim + chunk * Chunk, values,
+                           output_aligned16);
   }
 }
 
@@ -138,19 +170,22 @@ void dequantize_tensor_async(const std::uint8_t* codes, const std::uint8_t* meta
   layout.validate();
   if (shape.tokens == 0) return;
   constexpr int threads = 256;
+  const bool aligned16 = reinterpret_cast<std::uintptr_t>(output) % 16 == 0;
   if constexpr (P::rotated) {
     if (domain == Domain::original) {  // undoing the rotation needs whole rows: one thread per row
-      const std::int64_t items = shape.tokens * shape.heads;
+      const std::int64_t items = layout.blocks() * P::tokens_per_block;
       detail::dequantize_kernel<P, T, P::head_dim>
-          <<<detail::grid_for(items, threads), threads, 0, stream>>>(codes, meta, shape, output, params, domain);
+          <<<detail::grid_for(items, threads), threads, 0, stream>>>(codes, meta, shape, output, params, domain,
+                                                                     aligned16);
       check_launch("kvq::cuda::dequantize_tensor_async");
       return;
     }
   }
   constexpr int chunk = P::head_dim % 8 == 0 ? 8 : 4;
-  const std::int64_t items = shape.tokens * shape.heads * (P::head_dim / chunk);
+  const std::int64_t items = layout.blocks() * P::tokens_per_block * (P::head_dim / chunk);
   detail::dequantize_kernel<P, T, chunk>
-      <<<detail::grid_for(items, threads), threads, 0, stream>>>(codes, meta, shape, output, params, domain);
+      <<<detail::grid_for(items, threads), threads, 0, stream>>>(codes, meta, shape, output, params, domain,
+                                                                     aligned16);
   check_launch("kvq::cuda::dequantize_tensor_async");
 }
 

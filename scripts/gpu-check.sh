@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On a GPU machine: build with the `gpu` preset, run every test (GPU ones included), the quantize benchmark, and
+# compute-sanitizer (memcheck, racecheck) over the device tests. Results go to $OUT (or build/gpu-results).
+#   KVQ_DEPS_PREFIX=DIR/usr  for offline Debian packages unpacked by shared/tools/offline-deps.sh
+#   KVQ_BENCH_FILTER=REGEX   to run a subset of the benchmarks
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=${OUT:-build/gpu-results}
+mkdir -p "$out"
+configure_args=()
+if [[ -n "${KVQ_DEPS_PREFIX:-}" ]]; then
+  prefix=$(realpath "$KVQ_DEPS_PREFIX")
+  configure_args+=("-DCMAKE_PREFIX_PATH=$prefix")
+  export LD_LIBRARY_PATH="$prefix/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+fi
+status=0
+step() { echo "== $*"; }
+
+step "GPU"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+step "configure"; cmake --preset gpu "${configure_args[@]}" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+step "build"; cmake --build --preset gpu -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+step "ctest"; ctest --preset gpu --output-on-failure 2>&1 | tee "$out/ctest.txt" | tail -25 || status=1
+grep -q "100% tests passed" "$out/ctest.txt" || status=1
+
+step "benchmark"
+./build/gpu/benchmarks/kvq_bench_quantize --benchmark_min_time=0.1 --benchmark_filter="${KVQ_BENCH_FILTER:-.}" \
+  --benchmark_out="$out/bench_quantize.json" --benchmark_out_format=json 2>&1 | tee "$out/bench_quantize.txt" | tail -45
+
+# The exhaustive 2^32-float converter test is skipped under the sanitizers (it has no memory traffic to check).
+for tool in memcheck racecheck; do
+  step "compute-sanitizer $tool"
+  compute-sanitizer --tool "$tool" --error-exitcode 99 ./build/gpu/tests/kvq_device_tests -tce="*2^32*" \
+    >"$out/sanitizer_$tool.txt" 2>&1
+  rc=$?
+  tail -4 "$out/sanitizer_$tool.txt"
+  [[ $rc -eq 0 ]] || { echo "compute-sanitizer $tool: exit $rc"; status=1; }
+done
+exit $status

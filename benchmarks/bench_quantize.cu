@@ -213,7 +213,8 @@ void quantize_benchmark(benchmark::State& state, const Shared& shared, const typ
 }
 
 template <kvq::QuantizationPolicy P>
-void dequantize_benchmark(benchmark::State& state, const Shared& shared, const typename P::Params& params) {
+void dequantize_benchmark(benchmark::State& state, const Shared& shared, const typename P::Params& params,
+                          kvq::Domain domain) {
   reporting_errors(state, [&] {
     const kvq::TensorShape shape = shape_for(state.range(0));
     const kvq::QuantizedTensorLayout<P> layout{shape};
@@ -226,10 +227,11 @@ void dequantize_benchmark(benchmark::State& state, const Shared& shared, const t
                                         stream.get());
     const double bytes =
         static_cast<double>(layout.code_bytes() + layout.meta_bytes() + shape.elements() * sizeof(kvq::f16));
-    // Domain::original: the full round trip (rotated policies also undo the rotation).
+    // Domain::original is the full round trip (rotated policies also undo the rotation); Domain::stored is what
+    // an attention kernel over a rotated cache reads.
     run_timed(state, shared, bytes, P::bits_per_element, stream.get(), [&] {
-      kvq::cuda::dequantize_tensor_async<P>(codes.get(), meta.get(), shape, output.get(), params,
-                                            kvq::Domain::original, stream.get());
+      kvq::cuda::dequantize_tensor_async<P>(codes.get(), meta.get(), shape, output.get(), params, domain,
+                                            stream.get());
     });
   });
 }
@@ -246,8 +248,13 @@ void register_policy(const std::string& name, const Shared& shared, typename P::
     quantize_benchmark<P>(state, shared, params);
   })->Apply(configure);
   benchmark::RegisterBenchmark(("dequantize/" + name).c_str(), [&shared, params](benchmark::State& state) {
-    dequantize_benchmark<P>(state, shared, params);
+    dequantize_benchmark<P>(state, shared, params, kvq::Domain::original);
   })->Apply(configure);
+  if constexpr (P::rotated) {
+    benchmark::RegisterBenchmark(("dequantize_stored_domain/" + name).c_str(), [&shared, params](benchmark::State& state) {
+      dequantize_benchmark<P>(state, shared, params, kvq::Domain::stored);
+    })->Apply(configure);
+  }
 }
 
 using Int8Token = kvq::UniformPolicy<kvq::UniformConfig{.bits = 8, .group_size = 128, .head_dim = 128}>;

@@ -184,7 +184,7 @@ template <UniformConfig Config>
 struct BoundOracle<UniformPolicy<Config>> {
   using P = UniformPolicy<Config>;
   static void check(const float* tile, int rows, ConstBlockRef block, const NoParams& params, std::vector<BoundFailure>& failures) {
-    for (int group = 0; group < P::groups_per_block; ++group) {
+    for (int group = 0; group < P::quantization_groups; ++group) {
       const auto elements = group_elements<typename P::Geometry>(rows, group);
       double low = INFINITY, high = -INFINITY, magnitude = 0;
       for (auto [r, c] : elements) {
@@ -192,7 +192,7 @@ struct BoundOracle<UniformPolicy<Config>> {
         low = std::min(low, x), high = std::max(high, x), magnitude = std::max(magnitude, std::fabs(x));
       }
       const double scale = P::Scale::decode(load_field<typename P::Scale::type>(block.meta, group));
-      const double zero = P::symmetric ? 0.0 : P::Scale::decode(load_field<typename P::Scale::type>(block.meta, P::groups_per_block + group));
+      const double zero = P::symmetric ? 0.0 : P::Scale::decode(load_field<typename P::Scale::type>(block.meta, P::quantization_groups + group));
       const double needed = P::symmetric ? magnitude / P::symmetric_max : (high - zero) / P::levels;
       // The stored scale is the smallest that covers the group, up to one step of its storage type.
       if (!(scale >= needed * (1 - 4 * float_unit) && scale <= needed * (1 + scale_step<Config.scale_type>) + scale_floor<Config.scale_type>))

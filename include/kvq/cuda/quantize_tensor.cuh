@@ -1,9 +1,10 @@
 // Device quantization and dequantization of [tokens, heads, head_dim] tensors with any policy: the same
 // quantize_group() the host reference runs, so codes and metadata agree bit for bit (tests/device).
 //
-// quantize: each CTA stages a tile of whole blocks in shared memory as floats (coalesced loads), then one thread
-// per (block, group) quantizes its group and writes its own words and metadata. No workspace is needed; the
-// optional poisoned-group counter is the caller's device memory.
+// quantize: each CTA stages a tile of whole blocks in shared memory as floats (coalesced loads), runs the policy's
+// block step (one thread per block), then one thread per (block, group); the records are staged in shared memory
+// and leave as whole words. No workspace is needed; the optional poisoned-group counter is the caller's device
+// memory.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,6 +32,17 @@ template <QuantizationPolicy P>
 inline constexpr int block_stride = P::tokens_per_block * P::head_dim + (P::tokens_per_block == 1 ? 1 : 0);
 template <QuantizationPolicy P>
 inline constexpr int tile_floats = blocks_per_tile<P> * block_stride<P>;
+// Output records are staged in shared memory too, then leave as whole words: threads of a warp write to different
+// blocks' records, which in global memory would be many partial sectors. An odd number of words per staged record
+// keeps those lanes on different banks.
+inline constexpr int staged_stride(int bytes) {
+  const int words = (bytes + 3) / 4;
+  return 4 * (words % 2 == 0 ? words + 1 : words);
+}
+template <QuantizationPolicy P>
+inline constexpr int staged_code_stride = staged_stride(P::code_bytes_per_block);
+template <QuantizationPolicy P>
+inline constexpr int staged_meta_stride = P::meta_bytes_per_block == 0 ? 0 : staged_stride(P::meta_bytes_per_block);
 template <QuantizationPolicy P>
 inline constexpr int quantize_threads = [] {
   const int work = blocks_per_tile<P> * P::groups_per_block;
@@ -38,49 +50,80 @@ inline constexpr int quantize_threads = [] {
   return rounded > 256 ? 256 : rounded;
 }();
 
+// Copies `blocks` staged records of `bytes` each (stride `stride`) to consecutive records in global memory.
+__device__ __forceinline__ void copy_out(std::uint8_t* __restrict__ destination, const std::uint8_t* staged,
+                                         int blocks, int bytes, int stride) {
+  if (bytes % 4 == 0) {
+    const int words = bytes / 4;
+    for (int k = threadIdx.x; k < blocks * words; k += blockDim.x)
+      reinterpret_cast<std::uint32_t*>(destination)[k] =
+          *reinterpret_cast<const std::uint32_t*>(staged + k / words * stride + k % words * 4);
+  } else {
+    const int halves = bytes / 2;
+    for (int k = threadIdx.x; k < blocks * halves; k += blockDim.x)
+      reinterpret_cast<std::uint16_t*>(destination)[k] =
+          *reinterpret_cast<const std::uint16_t*>(staged + k / halves * stride + k % halves * 2);
+  }
+}
+
 template <QuantizationPolicy P, TensorElement T>
 __global__ void __launch_bounds__(quantize_threads<P>)
     quantize_kernel(const T* __restrict__ input, TensorShape shape, std::uint8_t* __restrict__ codes,
                     std::uint8_t* __restrict__ meta, typename P::Params params,
                     unsigned long long* __restrict__ poisoned_groups) {
   __shared__ float tile[tile_floats<P>];
+  __shared__ __align__(16) std::uint8_t staged_codes[blocks_per_tile<P> * staged_code_stride<P>];
+  __shared__ __align__(16) std::uint8_t staged_meta[blocks_per_tile<P> * staged_meta_stride<P> + 4];
   const QuantizedTensorLayout<P> layout{shape};
   const std::int64_t total_blocks = layout.blocks();
   constexpr int block_floats = P::tokens_per_block * P::head_dim;
   constexpr int work_items = blocks_per_tile<P> * P::groups_per_block;
+  constexpr bool one_token = P::tokens_per_block == 1;
+  auto staged_block = [&](int local_block) {
+    return BlockRef{staged_codes + local_block * staged_code_stride<P>, staged_meta + local_block * staged_meta_stride<P>};
+  };
+  int poisoned = 0;
   for (std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * blocks_per_tile<P>; first < total_blocks;
        first += static_cast<std::int64_t>(gridDim.x) * blocks_per_tile<P>) {
+    const int blocks_here = static_cast<int>(total_blocks - first < blocks_per_tile<P> ? total_blocks - first
+                                                                                       : blocks_per_tile<P>);
     // Stage: element e of the tile is (block first + e / block_floats, row, channel); consecutive threads read
     // consecutive input elements.
-    for (int e = threadIdx.x; e < blocks_per_tile<P> * block_floats; e += blockDim.x) {
+    for (int e = threadIdx.x; e < blocks_here * block_floats; e += blockDim.x) {
       const int local_block = e / block_floats;
       const std::int64_t block = first + local_block;
       const int row = e % block_floats / P::head_dim;
       const int channel = e % P::head_dim;
-      float value = 0.0f;
-      if (block < total_blocks) {
-        const std::int64_t token = block / shape.heads * P::tokens_per_block + row;
-        const int head = static_cast<int>(block % shape.heads);
-        if (token < shape.tokens) value = to_float(input[(token * shape.heads + head) * P::head_dim + channel]);
-      }
-      tile[local_block * block_stride<P> + e % block_floats] = value;
+      const std::int64_t token = block / shape.heads * P::tokens_per_block + row;
+      const int head = static_cast<int>(block % shape.heads);
+      tile[local_block * block_stride<P> + e % block_floats] =
+          token < shape.tokens ? to_float(input[(token * shape.heads + head) * P::head_dim + channel]) : 0.0f;
     }
     __syncthreads();
-    int poisoned = 0;
+    if constexpr (HasPrepareBlock<P>) {
+      for (int local_block = threadIdx.x; local_block < blocks_here; local_block += blockDim.x)
+        P::prepare_block(tile + local_block * block_stride<P>, layout.rows_in((first + local_block) / shape.heads),
+                         staged_block(local_block), params);
+      __syncthreads();
+    }
     for (int work = threadIdx.x; work < work_items; work += blockDim.x) {
-      const bool one_token = P::tokens_per_block == 1;
       const int local_block = one_token ? work % blocks_per_tile<P> : work / P::groups_per_block;
       const int group = one_token ? work / blocks_per_tile<P> : work % P::groups_per_block;
-      const std::int64_t block = first + local_block;
-      if (block >= total_blocks) continue;
-      const int rows = layout.rows_in(block / shape.heads);
-      const bool finite = P::quantize_group(tile + local_block * block_stride<P>, rows, group,
-                                            layout.block(codes, meta, block), params);
-      poisoned += finite ? 0 : 1;
+      if (local_block >= blocks_here) continue;
+      const int rows = layout.rows_in((first + local_block) / shape.heads);
+      poisoned += P::quantize_group(tile + local_block * block_stride<P>, rows, group, staged_block(local_block), params)
+                      ? 0
+                      : 1;
     }
-    if (poisoned != 0 && poisoned_groups != nullptr) atomicAdd(poisoned_groups, static_cast<unsigned long long>(poisoned));
+    __syncthreads();
+    copy_out(codes + first * P::code_bytes_per_block, staged_codes, blocks_here, P::code_bytes_per_block,
+             staged_code_stride<P>);
+    if constexpr (P::meta_bytes_per_block > 0)
+      copy_out(meta + first * P::meta_bytes_per_block, staged_meta, blocks_here, P::meta_bytes_per_block,
+               staged_meta_stride<P>);
     __syncthreads();
   }
+  if (poisoned != 0 && poisoned_groups != nullptr) atomicAdd(poisoned_groups, static_cast<unsigned long long>(poisoned));
 }
 
 // Writes Count converted values; 8 half-precision values go out as one 16-byte store when the output allows.

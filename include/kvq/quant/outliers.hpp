@@ -47,7 +47,7 @@ struct OutlierPolicy {
   static constexpr int capacity = Config.capacity;
   static constexpr int head_dim = Inner::head_dim;
   static constexpr int tokens_per_block = Inner::tokens_per_block;
-  static constexpr int groups_per_block = 1;  // selection sees the whole block
+  static constexpr int groups_per_block = Inner::groups_per_block;  // selection happens in prepare_block
   static constexpr int code_bytes_per_block = Inner::code_bytes_per_block;
   static constexpr int outlier_bytes_per_row = capacity * (2 + 2);
   static constexpr int meta_bytes_per_block = Inner::meta_bytes_per_block + tokens_per_block * outlier_bytes_per_row;
@@ -73,7 +73,7 @@ struct OutlierPolicy {
     }
   }
 
-  KVQ_HOST_DEVICE static bool quantize_group(float* tile, int rows, int, BlockRef out, const Params& params) {
+  KVQ_HOST_DEVICE static void prepare_block(float* tile, int rows, BlockRef out, const Params& params) {
     for (int row = 0; row < tokens_per_block; ++row) {
       std::uint8_t* slots = row_slots(out.meta, row);
       float* x = tile + row * head_dim;
@@ -103,7 +103,11 @@ struct OutlierPolicy {
         store_field(slots + 2 * capacity, slot, value);
       }
     }
-    return quantize_block<Inner>(tile, rows, out, params.inner) == 0;
+    kvq::prepare_block<Inner>(tile, rows, out, params.inner);
+  }
+
+  KVQ_HOST_DEVICE static bool quantize_group(float* tile, int rows, int group, BlockRef out, const Params& params) {
+    return Inner::quantize_group(tile, rows, group, out, params.inner);
   }
 
   KVQ_HOST_DEVICE static void dequantize(ConstBlockRef in, int row, int channel_begin, int count, float* out,

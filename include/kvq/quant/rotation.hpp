@@ -87,15 +87,19 @@ struct RotatedPolicy {
 
   static constexpr int head_dim = Inner::head_dim;
   static constexpr int tokens_per_block = Inner::tokens_per_block;
-  static constexpr int groups_per_block = 1;  // the rotation mixes every channel of a row
+  static constexpr int groups_per_block = Inner::groups_per_block;  // rows are rotated in prepare_block
   static constexpr int code_bytes_per_block = Inner::code_bytes_per_block;
   static constexpr int meta_bytes_per_block = Inner::meta_bytes_per_block;
   static constexpr bool rotated = true;
   static constexpr double bits_per_element = Inner::bits_per_element;
 
-  KVQ_HOST_DEVICE static bool quantize_group(float* tile, int rows, int, BlockRef out, const Params& params) {
+  KVQ_HOST_DEVICE static void prepare_block(float* tile, int rows, BlockRef out, const Params& params) {
     for (int row = 0; row < rows; ++row) rotate_vector<head_dim>(tile + row * head_dim, params.seed);
-    return quantize_block<Inner>(tile, rows, out, params.inner) == 0;
+    kvq::prepare_block<Inner>(tile, rows, out, params.inner);
+  }
+
+  KVQ_HOST_DEVICE static bool quantize_group(float* tile, int rows, int group, BlockRef out, const Params& params) {
+    return Inner::quantize_group(tile, rows, group, out, params.inner);
   }
 
   KVQ_HOST_DEVICE static void dequantize(ConstBlockRef in, int row, int channel_begin, int count, float* out,

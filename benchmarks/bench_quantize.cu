@@ -27,9 +27,14 @@
 
 #include <kvq/cuda/kvq.cuh>
 
+#include "device_support.cuh"
+
 namespace {
 
 using kvq::cuda::check;
+using kvq::benchmarks::DeviceArray;
+using kvq::benchmarks::EventTimer;
+using kvq::benchmarks::Stream;
 
 constexpr int kHeads = 8;
 constexpr int kHeadDim = 128;
@@ -40,67 +45,6 @@ constexpr float kOutlierScale = 20.0f;
 kvq::TensorShape shape_for(std::int64_t tokens) {
   return {.tokens = tokens, .heads = kHeads, .head_dim = kHeadDim};
 }
-
-// Owns `count` elements of device memory.
-template <class T>
-class DeviceArray {
- public:
-  explicit DeviceArray(std::size_t count) : count_(count) {
-    check(cudaMalloc(reinterpret_cast<void**>(&data_), count * sizeof(T)), "cudaMalloc");
-  }
-  ~DeviceArray() { cudaFree(data_); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-
-  [[nodiscard]] T* get() const noexcept { return data_; }
-  [[nodiscard]] std::size_t bytes() const noexcept { return count_ * sizeof(T); }
-
- private:
-  T* data_ = nullptr;
-  std::size_t count_;
-};
-
-class Stream {
- public:
-  Stream() { check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"); }
-  ~Stream() { cudaStreamDestroy(stream_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  [[nodiscard]] cudaStream_t get() const noexcept { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
-
-// GPU time of the work enqueued by `work` on `stream`, in seconds.
-class EventTimer {
- public:
-  EventTimer() {
-    check(cudaEventCreate(&start_), "cudaEventCreate");
-    check(cudaEventCreate(&stop_), "cudaEventCreate");
-  }
-  ~EventTimer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  EventTimer(const EventTimer&) = delete;
-  EventTimer& operator=(const EventTimer&) = delete;
-
-  template <class Work>
-  double seconds(cudaStream_t stream, Work&& work) {
-    check(cudaEventRecord(start_, stream), "cudaEventRecord");
-    work();
-    check(cudaEventRecord(stop_, stream), "cudaEventRecord");
-    check(cudaEventSynchronize(stop_), "cudaEventSynchronize");
-    float milliseconds = 0.0f;
-    check(cudaEventElapsedTime(&milliseconds, start_, stop_), "cudaEventElapsedTime");
-    return milliseconds * 1e-3;
-  }
-
- private:
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
-};
 
 // What every benchmark reads: the input tensor for the largest token count (smaller counts use its first
 // tokens, since the layout is token-major) and the copy baseline per token count.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a GPU machine: build with the `gpu` preset, run every test (GPU ones included), the quantize benchmark, and
+# On a GPU machine: build with the `gpu` preset, run every test (GPU ones included), the benchmarks, and
 # compute-sanitizer (memcheck, racecheck) over the device tests. Results go to $OUT (or build/gpu-results).
 #   KVQ_DEPS_PREFIX=DIR/usr  for offline Debian packages unpacked by shared/tools/offline-deps.sh
 #   KVQ_BENCH_FILTER=REGEX   to run a subset of the benchmarks
@@ -22,14 +22,17 @@ step "build"; cmake --build --preset gpu -j "$(nproc)" >"$out/build.log" 2>&1 ||
 step "ctest"; ctest --preset gpu --output-on-failure 2>&1 | tee "$out/ctest.txt" | tail -25 || status=1
 grep -q "100% tests passed" "$out/ctest.txt" || status=1
 
-step "benchmark"
-./build/gpu/benchmarks/kvq_bench_quantize --benchmark_min_time=0.1 --benchmark_filter="${KVQ_BENCH_FILTER:-.}" \
-  --benchmark_out="$out/bench_quantize.json" --benchmark_out_format=json 2>&1 | tee "$out/bench_quantize.txt" | tail -45
+for bench in quantize cache; do
+  step "benchmark $bench"
+  ./build/gpu/benchmarks/kvq_bench_$bench --benchmark_min_time=0.1 --benchmark_filter="${KVQ_BENCH_FILTER:-.}" \
+    --benchmark_out="$out/bench_$bench.json" --benchmark_out_format=json >"$out/bench_$bench.txt" 2>&1 || status=1
+  grep -E "^(GPU|fp16 copy|[a-z_0-9]+/)" "$out/bench_$bench.txt" | sed -E 's/ +/ /g' | cut -c1-160
+done
 
 # The exhaustive 2^32-float converter test is skipped under the sanitizers (it has no memory traffic to check).
 for tool in memcheck racecheck; do
   step "compute-sanitizer $tool"
-  compute-sanitizer --tool "$tool" --error-exitcode 99 ./build/gpu/tests/kvq_device_tests -tce="*2^32*" \
+  timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 99 ./build/gpu/tests/kvq_device_tests -tce="*2^32*" \
     >"$out/sanitizer_$tool.txt" 2>&1
   rc=$?
   tail -4 "$out/sanitizer_$tool.txt"

@@ -1,10 +1,16 @@
 // Umbrella header for kvq's host-compilable parts. Device kernels: #include <kvq/cuda/kvq.cuh>.
 #pragma once
 
+#include "kvq/cache/cache_config.hpp"
+#include "kvq/cache/host_paged_cache.hpp"
+#include "kvq/cache/layer_tiers.hpp"
+#include "kvq/cache/page_layout.hpp"
+#include "kvq/cache/sequence_table.hpp"
 #include "kvq/core/element.hpp"
 #include "kvq/core/error.hpp"
 #include "kvq/core/float16.hpp"
 #include "kvq/core/float8.hpp"
+#include "kvq/core/rope.hpp"
 #include "kvq/core/scale_storage.hpp"
 #include "kvq/host/quantize_tensor.hpp"
 #include "kvq/quant/codebook.hpp"

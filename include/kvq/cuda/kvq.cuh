@@ -2,5 +2,6 @@
 #pragma once
 
 #include "kvq/cuda/error.cuh"
+#include "kvq/cuda/paged_cache.cuh"
 #include "kvq/cuda/quantize_tensor.cuh"
 #include "kvq/kvq.hpp"

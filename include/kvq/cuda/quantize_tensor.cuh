@@ -50,32 +50,36 @@ inline constexpr int quantize_threads = [] {
   return rounded > 256 ? 256 : rounded;
 }();
 
-// Copies `blocks` staged records of `bytes` each (stride `stride`) to consecutive records in global memory.
-__device__ __forceinline__ void copy_out(std::uint8_t* __restrict__ destination, const std::uint8_t* staged,
-                                         int blocks, int bytes, int stride) {
+// Copies `blocks` staged records of `bytes` each (stride `stride` in shared memory) to their destinations in
+// global memory, whole words (or halves for 2-byte records) at a time.
+template <class Destination>
+__device__ __forceinline__ void copy_out(const std::uint8_t* staged, int blocks, int bytes, int stride,
+                                         Destination destination) {
   if (bytes % 4 == 0) {
     const int words = bytes / 4;
     for (int k = threadIdx.x; k < blocks * words; k += blockDim.x)
-      reinterpret_cast<std::uint32_t*>(destination)[k] =
+      reinterpret_cast<std::uint32_t*>(destination(k / words))[k % words] =
           *reinterpret_cast<const std::uint32_t*>(staged + k / words * stride + k % words * 4);
   } else {
     const int halves = bytes / 2;
     for (int k = threadIdx.x; k < blocks * halves; k += blockDim.x)
-      reinterpret_cast<std::uint16_t*>(destination)[k] =
+      reinterpret_cast<std::uint16_t*>(destination(k / halves))[k % halves] =
           *reinterpret_cast<const std::uint16_t*>(staged + k / halves * stride + k % halves * 2);
   }
 }
 
-template <QuantizationPolicy P, TensorElement T>
+// Where the blocks of a staged quantization come from and go to. A Source provides (device side):
+//   std::int64_t blocks() const;                       how many blocks
+//   int rows(std::int64_t block) const;                rows holding tokens (the rest are coded as zero)
+//   float load(std::int64_t block, int row, int channel) const;   one input element, as the policy must see it
+//   BlockRef destination(std::int64_t block) const;    the block's records in global memory
+template <QuantizationPolicy P, class Source>
 __global__ void __launch_bounds__(quantize_threads<P>)
-    quantize_kernel(const T* __restrict__ input, TensorShape shape, std::uint8_t* __restrict__ codes,
-                    std::uint8_t* __restrict__ meta, typename P::Params params,
-                    unsigned long long* __restrict__ poisoned_groups) {
+    staged_quantize_kernel(Source source, typename P::Params params, unsigned long long* __restrict__ poisoned_groups) {
   __shared__ float tile[tile_floats<P>];
   __shared__ __align__(16) std::uint8_t staged_codes[blocks_per_tile<P> * staged_code_stride<P>];
   __shared__ __align__(16) std::uint8_t staged_meta[blocks_per_tile<P> * staged_meta_stride<P> + 4];
-  const QuantizedTensorLayout<P> layout{shape};
-  const std::int64_t total_blocks = layout.blocks();
+  const std::int64_t total_blocks = source.blocks();
   constexpr int block_floats = P::tokens_per_block * P::head_dim;
   constexpr int work_items = blocks_per_tile<P> * P::groups_per_block;
   constexpr bool one_token = P::tokens_per_block == 1;
@@ -87,22 +91,19 @@ __global__ void __launch_bounds__(quantize_threads<P>)
        first += static_cast<std::int64_t>(gridDim.x) * blocks_per_tile<P>) {
     const int blocks_here = static_cast<int>(total_blocks - first < blocks_per_tile<P> ? total_blocks - first
                                                                                        : blocks_per_tile<P>);
-    // Stage: element e of the tile is (block first + e / block_floats, row, channel); consecutive threads read
-    // consecutive input elements.
+    // Stage: element e of the tile is (block first + e / block_floats, row, channel); for contiguous inputs,
+    // consecutive threads read consecutive elements.
     for (int e = threadIdx.x; e < blocks_here * block_floats; e += blockDim.x) {
       const int local_block = e / block_floats;
-      const std::int64_t block = first + local_block;
       const int row = e % block_floats / P::head_dim;
       const int channel = e % P::head_dim;
-      const std::int64_t token = block / shape.heads * P::tokens_per_block + row;
-      const int head = static_cast<int>(block % shape.heads);
       tile[local_block * block_stride<P> + e % block_floats] =
-          token < shape.tokens ? to_float(input[(token * shape.heads + head) * P::head_dim + channel]) : 0.0f;
+          row < source.rows(first + local_block) ? source.load(first + local_block, row, channel) : 0.0f;
     }
     __syncthreads();
     if constexpr (HasPrepareBlock<P>) {
       for (int local_block = threadIdx.x; local_block < blocks_here; local_block += blockDim.x)
-        P::prepare_block(tile + local_block * block_stride<P>, layout.rows_in((first + local_block) / shape.heads),
+        P::prepare_block(tile + local_block * block_stride<P>, source.rows(first + local_block),
                          staged_block(local_block), params);
       __syncthreads();
     }
@@ -110,20 +111,43 @@ __global__ void __launch_bounds__(quantize_threads<P>)
       const int local_block = one_token ? work % blocks_per_tile<P> : work / P::groups_per_block;
       const int group = one_token ? work / blocks_per_tile<P> : work % P::groups_per_block;
       if (local_block >= blocks_here) continue;
-      const int rows = layout.rows_in((first + local_block) / shape.heads);
-      poisoned += P::quantize_group(tile + local_block * block_stride<P>, rows, group, staged_block(local_block), params)
+      poisoned += P::quantize_group(tile + local_block * block_stride<P>, source.rows(first + local_block), group,
+                                    staged_block(local_block), params)
                       ? 0
                       : 1;
     }
     __syncthreads();
-    copy_out(codes + first * P::code_bytes_per_block, staged_codes, blocks_here, P::code_bytes_per_block,
-             staged_code_stride<P>);
+    copy_out(staged_codes, blocks_here, P::code_bytes_per_block, staged_code_stride<P>,
+             [&](int b) { return source.destination(first + b).codes; });
     if constexpr (P::meta_bytes_per_block > 0)
-      copy_out(meta + first * P::meta_bytes_per_block, staged_meta, blocks_here, P::meta_bytes_per_block,
-               staged_meta_stride<P>);
+      copy_out(staged_meta, blocks_here, P::meta_bytes_per_block, staged_meta_stride<P>,
+               [&](int b) { return source.destination(first + b).meta; });
     __syncthreads();
   }
   if (poisoned != 0 && poisoned_groups != nullptr) atomicAdd(poisoned_groups, static_cast<unsigned long long>(poisoned));
+}
+
+// A [tokens, heads, head_dim] tensor in the layout of quant/tensor_layout.hpp.
+template <QuantizationPolicy P, TensorElement T>
+struct TensorSource {
+  const T* input;
+  TensorShape shape;
+  std::uint8_t* codes;
+  std::uint8_t* meta;
+
+  __device__ std::int64_t blocks() const { return QuantizedTensorLayout<P>{shape}.blocks(); }
+  __device__ int rows(std::int64_t block) const { return QuantizedTensorLayout<P>{shape}.rows_in(block / shape.heads); }
+  __device__ float load(std::int64_t block, int row, int channel) const {
+    const std::int64_t token = block / shape.heads * P::tokens_per_block + row;
+    const int head = static_cast<int>(block % shape.heads);
+    return to_float(input[(token * shape.heads + head) * P::head_dim + channel]);
+  }
+  __device__ BlockRef destination(std::int64_t block) const { return QuantizedTensorLayout<P>::block(codes, meta, block); }
+};
+
+inline int grid_for_tiles(std::int64_t blocks, int blocks_per_tile) {
+  const std::int64_t tiles = (blocks + blocks_per_tile - 1) / blocks_per_tile;
+  return static_cast<int>(tiles < 65535 * 16 ? tiles : 65535 * 16);
 }
 
 // Writes Count converted values; 8 half-precision values go out as one 16-byte store when the output allows.
@@ -198,10 +222,9 @@ void quantize_tensor_async(const T* input, const TensorShape& shape, std::uint8_
   const QuantizedTensorLayout<P> layout{shape};
   layout.validate();
   if (layout.blocks() == 0) return;
-  const std::int64_t tiles = (layout.blocks() + detail::blocks_per_tile<P> - 1) / detail::blocks_per_tile<P>;
-  const int grid = static_cast<int>(tiles < 65535 * 16 ? tiles : 65535 * 16);
-  detail::quantize_kernel<P, T><<<grid, detail::quantize_threads<P>, 0, stream>>>(input, shape, codes, meta, params,
-                                                                                  poisoned_groups);
+  detail::staged_quantize_kernel<P><<<detail::grid_for_tiles(layout.blocks(), detail::blocks_per_tile<P>),
+                                      detail::quantize_threads<P>, 0, stream>>>(
+      detail::TensorSource<P, T>{input, shape, codes, meta}, params, poisoned_groups);
   check_launch("kvq::cuda::quantize_tensor_async");
 }
 

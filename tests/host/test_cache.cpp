@@ -1,0 +1,382 @@
+// The host paged cache against a plain fp32 model of what it must hold: sinks and window exactly (the fp16 form of
+// what was appended, keys rotated when stored post-RoPE), quantized tokens equal to the policy's
+// quantize -> dequantize of the unit they were flushed in. Random appends (decode and prefill), truncations and
+// resets over several sequences, edge lengths, memory accounting and every error path.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "../support/policy_fixtures.hpp"
+#include "kvq/cache/host_paged_cache.hpp"
+
+using namespace kvq;
+using namespace kvq::testing;
+
+namespace {
+
+// ---- the model --------------------------------------------------------------------------------------------------
+template <class Tiers>
+class CacheModel {
+ public:
+  static constexpr int d = Tiers::head_dim;
+  static constexpr int flush = Tiers::flush_tokens;
+
+  struct Token {
+    std::vector<float> key, value;  // [heads][d]: what attention must read for this token
+  };
+
+  explicit CacheModel(const CacheConfig& config) : config_(config), rope_(make_rope_table<d>(config.rope)) {}
+
+  // The layer-independent part of an append: tokens enter in their fp16 cache form.
+  template <class LayerParams>
+  void append(int layer, int sequence, const std::vector<f16>& keys, const std::vector<f16>& values,
+              std::int64_t first_row, std::int64_t count, const LayerParams& params) {
+    auto& s = state(layer, sequence);
+    const int heads = config_.kv_heads;
+    for (std::int64_t i = 0; i < count; ++i) {
+      const std::int64_t position = static_cast<std::int64_t>(s.tokens.size());
+      Token token{std::vector<float>(heads * d), std::vector<float>(heads * d)};
+      for (int h = 0; h < heads; ++h) {
+        float k[d];
+        for (int c = 0; c < d; ++c) k[c] = to_float(keys[((first_row + i) * heads + h) * d + c]);
+        if (config_.key_position == KeyPosition::post_rope) apply_rope<d>(k, position, rope_, config_.rope.style);
+        for (int c = 0; c < d; ++c) {
+          token.key[h * d + c] = to_float(to_f16(k[c]));
+          token.value[h * d + c] = to_float(values[((first_row + i) * heads + h) * d + c]);
+        }
+      }
+      s.tokens.push_back(std::move(token));
+      flush_while_full(layer, s, params);
+    }
+  }
+
+  template <class LayerParams>
+  void flush_while_full(int layer, auto& s, const LayerParams& params) {
+    const std::int64_t sinks = config_.sink_tokens;
+    while (static_cast<std::int64_t>(s.tokens.size()) - sinks - s.quantized >= config_.window_tokens + flush) {
+      Tiers::visit(tier(layer), [&]<class Tier>() { quantize_unit<Tier>(s, sinks + s.quantized, params); });
+      s.quantized += flush;
+    }
+  }
+
+  // Replaces the unit's values with the policy's quantize -> dequantize of them, per head.
+  template <class Tier, class LayerParams>
+  void quantize_unit(auto& s, std::int64_t first, const LayerParams& all_params) {
+    using K = typename Tier::KeyPolicy;
+    using V = typename Tier::ValuePolicy;
+    const auto& params = std::get<std::pair<typename K::Params, typename V::Params>>(all_params);
+    for (int h = 0; h < config_.kv_heads; ++h) {
+      round_trip<K>(s, first, h, true, params.first);
+      round_trip<V>(s, first, h, false, params.second);
+    }
+  }
+
+  template <class P>
+  static void round_trip(auto& s, std::int64_t first, int head, bool key, const typename P::Params& params) {
+    for (int b = 0; b < flush / P::tokens_per_block; ++b) {
+      std::vector<float> tile(P::tokens_per_block * d);
+      for (int r = 0; r < P::tokens_per_block; ++r) {
+        const auto& source = key ? s.tokens[first + b * P::tokens_per_block + r].key : s.tokens[first + b * P::tokens_per_block + r].value;
+        std::copy_n(source.begin() + head * d, d, tile.begin() + r * d);
+      }
+      std::vector<std::uint8_t> codes(P::code_bytes_per_block), meta(P::meta_bytes_per_block);
+      quantize_block<P>(tile.data(), P::tokens_per_block, {codes.data(), meta.data()}, params);
+      for (int r = 0; r < P::tokens_per_block; ++r) {
+        auto& target = key ? s.tokens[first + b * P::tokens_per_block + r].key : s.tokens[first + b * P::tokens_per_block + r].value;
+        dequantize_row<P>({codes.data(), meta.data()}, r, target.data() + head * d, params, Domain::original);
+      }
+    }
+  }
+
+  void truncate(int layer, int sequence, std::int64_t length) {
+    auto& s = state(layer, sequence);
+    s.tokens.resize(static_cast<std::size_t>(length));
+    const std::int64_t after_sinks = std::max<std::int64_t>(0, length - config_.sink_tokens);
+    if (after_sinks < s.quantized) {
+      s.quantized = after_sinks / flush * flush;
+      // Tokens pulled back into the fp16 window keep their dequantized values, rounded to fp16.
+      for (std::int64_t t = config_.sink_tokens + s.quantized; t < length; ++t)
+        for (auto* row : {&s.tokens[t].key, &s.tokens[t].value})
+          for (float& x : *row) x = to_float(to_f16(x));
+    }
+  }
+
+  void reset(int layer, int sequence) { state(layer, sequence) = {}; }
+
+  struct SequenceState {
+    std::vector<Token> tokens;
+    std::int64_t quantized = 0;
+  };
+  SequenceState& state(int layer, int sequence) { return layers_[{layer, sequence}]; }
+  int tier(int layer) const { return config_.layer_tier.empty() ? 0 : config_.layer_tier[layer]; }
+
+ private:
+  CacheConfig config_;
+  RopeTable<d> rope_;
+  std::map<std::pair<int, int>, SequenceState> layers_;
+};
+
+// Compares every token of every sequence and layer with the model, bit for bit.
+template <class Tiers>
+void check_against_model(const HostPagedKVCache<Tiers>& cache, CacheModel<Tiers>& model) {
+  constexpr int d = Tiers::head_dim;
+  const auto& config = cache.config();
+  std::vector<float> key(config.kv_heads * d), value(config.kv_heads * d);
+  for (int layer = 0; layer < config.layers; ++layer)
+    for (int s = 0; s < config.max_sequences; ++s) {
+      const auto& expected = model.state(layer, s);
+      REQUIRE(cache.sequences().sequence(s).length == static_cast<std::int64_t>(expected.tokens.size()));
+      REQUIRE(cache.sequences().sequence(s).quantized == expected.quantized);
+      for (std::size_t t = 0; t < expected.tokens.size(); ++t) {
+        cache.read_token(layer, s, static_cast<std::int64_t>(t), key.data(), value.data());
+        INFO("layer " << layer << " sequence " << s << " token " << t);
+        REQUIRE(std::memcmp(key.data(), expected.tokens[t].key.data(), key.size() * 4) == 0);
+        REQUIRE(std::memcmp(value.data(), expected.tokens[t].value.data(), value.size() * 4) == 0);
+      }
+    }
+}
+
+// Drives a cache and its model through the same random operations.
+template <class Tiers, class ParamsFor>
+void random_operations(CacheConfig config, std::uint32_t seed, int steps, ParamsFor params_for) {
+  INFO("seed " << seed);
+  HostPagedKVCache<Tiers> cache(config, std::int64_t{1} << 40);
+  CacheModel<Tiers> model(config);
+  std::vector<decltype(params_for(0))> layer_params;
+  for (int layer = 0; layer < config.layers; ++layer) layer_params.push_back(params_for(layer));
+  std::mt19937 rng(seed);
+  constexpr int d = Tiers::head_dim;
+  for (int step = 0; step < steps; ++step) {
+    const int op = static_cast<int>(rng() % 10);
+    if (op < 7) {  // append to a random subset of sequences: mostly decode steps, sometimes prefill chunks
+      std::vector<int> sequences;
+      std::vector<std::int64_t> counts;
+      for (int s = 0; s < config.max_sequences; ++s) {
+        if (rng() % 3 == 0) continue;
+        const std::int64_t room = config.max_tokens_per_sequence - cache.sequences().sequence(s).length;
+        const std::int64_t want = op < 5 ? 1 : 1 + static_cast<std::int64_t>(rng() % 70);
+        if (room <= 0) continue;
+        sequences.push_back(s);
+        counts.push_back(std::min(room, want));
+      }
+      const AppendPlan plan = cache.reserve(sequences, counts);
+      for (int layer = 0; layer < config.layers; ++layer) {
+        const TensorShape shape{plan.total_tokens, config.kv_heads, d};
+        const auto keys = make_input(shape, rng()), values = make_input(shape, rng());
+        cache.template write<f16>(plan, layer, keys, values);
+        for (const AppendEntry& e : plan.entries)
+          model.append(layer, e.sequence, keys, values, e.input_offset, e.count, layer_params[layer]);
+      }
+    } else if (op < 9) {
+      const int s = static_cast<int>(rng() % config.max_sequences);
+      const std::int64_t length = cache.sequences().sequence(s).length;
+      const std::int64_t target = length == 0 ? 0 : static_cast<std::int64_t>(rng() % (length + 1));
+      cache.truncate(s, target);
+      for (int layer = 0; layer < config.layers; ++layer) model.truncate(layer, s, target);
+    } else {
+      const int s = static_cast<int>(rng() % config.max_sequences);
+      cache.reset(s);
+      for (int layer = 0; layer < config.layers; ++layer) model.reset(layer, s);
+    }
+    check_against_model(cache, model);
+  }
+}
+
+using Int4T = UniformPolicy<UniformConfig{.bits = 4, .group_size = 32, .head_dim = 64}>;
+using Int8T = UniformPolicy<UniformConfig{.bits = 8, .group_size = 64, .head_dim = 64}>;
+using Int2C = UniformPolicy<UniformConfig{.bits = 2, .group_size = 32, .head_dim = 64, .axis = Axis::per_channel}>;
+using KiviTiers = LayerTiers<Tier<Int2C, Int4T>>;
+
+template <class K, class V>
+auto no_params(int) {
+  return std::tuple<std::pair<typename K::Params, typename V::Params>>{};
+}
+
+}  // namespace
+
+TEST_CASE("per-token int4 keys and values with sinks and a window follow the model (post-RoPE, llama3 scaling)") {
+  CacheConfig config{.layers = 2, .kv_heads = 2, .max_sequences = 3, .max_tokens_per_sequence = 300, .page_tokens = 16,
+                     .sink_tokens = 4, .window_tokens = 8};
+  config.rope = RopeConfig{.theta = 500000.0f, .scaling = RopeScaling::llama3};
+  random_operations<LayerTiers<Tier<Int4T, Int4T>>>(config, fresh_seed(), 60, no_params<Int4T, Int4T>);
+}
+
+TEST_CASE("KIVI layout: per-channel 2-bit keys flush 32 tokens at a time, no sinks, no window, pre-RoPE") {
+  CacheConfig config{.layers = 2, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 400, .page_tokens = 64,
+                     .key_position = KeyPosition::pre_rope};
+  random_operations<KiviTiers>(config, fresh_seed(), 60, no_params<Int2C, Int4T>);
+}
+
+TEST_CASE("per-layer tiers: 8-bit first and last layers, rotated outliers and a codebook in between") {
+  using Rotated = RotatedPolicy<OutlierPolicy<Int4T, OutlierConfig{.capacity = 2}>>;
+  using Nuq = CodebookPolicy<CodebookConfig{.bits = 3, .group_size = 32, .head_dim = 64}>;
+  using Tiers = LayerTiers<Tier<Int8T, Int8T>, Tier<Rotated, Nuq>>;
+  CacheConfig config{.layers = 4, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 200, .page_tokens = 8,
+                     .sink_tokens = 1, .window_tokens = 3, .layer_tier = {0, 1, 1, 0}};
+  config.rope.style = RopeStyle::interleaved;
+  HostArrays arrays;
+  const auto book = ParamsBuilder<Nuq>::build(arrays, 7);
+  using Params = std::tuple<std::pair<NoParams, NoParams>, std::pair<typename Rotated::Params, CodebookParams>>;
+  auto params_for = [&](int layer) {
+    Params p;
+    std::get<1>(p) = {typename Rotated::Params{{}, 1234u + static_cast<std::uint32_t>(layer)}, book};
+    return p;
+  };
+  // The cache needs the same parameters: wrap random_operations' cache construction by setting them per layer.
+  const std::uint32_t seed = fresh_seed();
+  INFO("seed " << seed);
+  HostPagedKVCache<Tiers> cache(config, std::int64_t{1} << 40);
+  for (int layer : {1, 2}) {
+    const auto p = std::get<1>(params_for(layer));
+    cache.template set_params<Tier<Rotated, Nuq>>(layer, p.first, p.second);
+  }
+  auto wrong_tier = [&] { cache.template set_params<Tier<Rotated, Nuq>>(0, {}, {}); };
+  CHECK_THROWS_AS(wrong_tier(), Error);
+  CacheModel<Tiers> model(config);
+  std::mt19937 rng(seed);
+  for (int step = 0; step < 50; ++step) {
+    std::vector<int> sequences{0, 1};
+    std::vector<std::int64_t> counts{1 + static_cast<std::int64_t>(rng() % 5), static_cast<std::int64_t>(rng() % 2)};
+    if (cache.sequences().sequence(0).length + counts[0] > 200) break;
+    const AppendPlan plan = cache.reserve(sequences, counts);
+    for (int layer = 0; layer < config.layers; ++layer) {
+      const TensorShape shape{plan.total_tokens, config.kv_heads, 64};
+      const auto keys = make_input(shape, rng()), values = make_input(shape, rng());
+      cache.write<f16>(plan, layer, keys, values);
+      for (const AppendEntry& e : plan.entries) model.append(layer, e.sequence, keys, values, e.input_offset, e.count, params_for(layer));
+    }
+    if (step % 9 == 8) {
+      const std::int64_t target = cache.sequences().sequence(0).length / 2;
+      cache.truncate(0, target);
+      for (int layer = 0; layer < config.layers; ++layer) model.truncate(layer, 0, target);
+    }
+    check_against_model(cache, model);
+  }
+}
+
+TEST_CASE("decode token by token and one prefill chunk store identical bytes") {
+  CacheConfig config{.layers = 1, .kv_heads = 2, .max_sequences = 1, .max_tokens_per_sequence = 200, .page_tokens = 64,
+                     .sink_tokens = 2, .window_tokens = 5};
+  for (std::int64_t length : {0, 1, 2, 7, 33, 34, 63, 64, 65, 66, 71, 72, 130}) {
+    CAPTURE(length);
+    const auto keys = make_input({length, 2, 64}, fresh_seed()), values = make_input({length, 2, 64}, fresh_seed());
+    HostPagedKVCache<KiviTiers> decode(config, std::int64_t{1} << 30), prefill(config, std::int64_t{1} << 30);
+    for (std::int64_t t = 0; t < length; ++t) {
+      const std::vector<int> s{0};
+      const std::vector<std::int64_t> one{1};
+      const auto plan = decode.reserve(s, one);
+      decode.write<f16>(plan, 0, std::span(keys).subspan(t * 128, 128), std::span(values).subspan(t * 128, 128));
+    }
+    const std::vector<int> s{0};
+    const std::vector<std::int64_t> all{length};
+    const auto plan = prefill.reserve(s, all);
+    prefill.write<f16>(plan, 0, keys, values);
+    const auto a = decode.storage(0), b = prefill.storage(0);
+    CHECK(std::equal(a.pages.begin(), a.pages.end(), b.pages.begin()));
+    CHECK(std::memcmp(a.sinks.data(), b.sinks.data(), a.sinks.size_bytes()) == 0);
+    // Window slots hold the same live tokens (dead slots may differ: decode passed through them).
+    std::vector<float> k1(128), v1(128), k2(128), v2(128);
+    for (std::int64_t t = 0; t < length; ++t) {
+      decode.read_token(0, 0, t, k1.data(), v1.data());
+      prefill.read_token(0, 0, t, k2.data(), v2.data());
+      REQUIRE(k1 == k2);
+      REQUIRE(v1 == v2);
+    }
+  }
+}
+
+TEST_CASE("memory: exact bytes per token, a size query before allocation, and the allocation equals it") {
+  using Tier4 = Tier<UniformPolicy<UniformConfig{.bits = 4, .group_size = 32, .head_dim = 128}>,
+                     UniformPolicy<UniformConfig{.bits = 4, .group_size = 32, .head_dim = 128}>>;
+  // Per head and token: 64 code bytes + 4 fp16 scales + 4 fp16 zeros = 80 bytes, for keys and values alike;
+  // 8 heads -> 1280 bytes per token and layer, against 4096 for fp16.
+  static_assert(TierPageLayout<Tier4>::bytes_per_quantized_token(256, 8) == 1280.0);
+  static_assert(TierPageLayout<Tier<Int2C, Int4T>>::page_bytes(64, 1) == (64 * 64 / 4 + 2 * 64 * 2 * 2) + 64 * (32 + 8));
+
+  CacheConfig config{.layers = 3, .kv_heads = 8, .max_sequences = 2, .max_tokens_per_sequence = 1000, .page_tokens = 256,
+                     .sink_tokens = 4, .window_tokens = 32};
+  const CacheMemory memory = HostPagedKVCache<LayerTiers<Tier4>>::required_memory(config);
+  CHECK(memory.pool_pages == 2 * 4);  // ceil(996 / 256) pages per sequence
+  CHECK(memory.pool_bytes == 3LL * 8 * 256 * 1280);
+  CHECK(memory.sink_bytes == 3LL * 2 * 4 * 8 * 128 * 2 * 2);
+  CHECK(memory.window_bytes == 3LL * 2 * 32 * 8 * 128 * 2 * 2);
+  HostPagedKVCache<LayerTiers<Tier4>> cache(config, memory.total_bytes());
+  CHECK(cache.allocated_bytes() == memory.total_bytes());
+
+  try {
+    HostPagedKVCache<LayerTiers<Tier4>> too_big(config, memory.total_bytes() - 1);
+    FAIL("expected out_of_memory");
+  } catch (const Error& error) {
+    CHECK(error.code() == ErrorCode::out_of_memory);
+    CHECK(std::string(error.what()).find("budget") != std::string::npos);
+  }
+}
+
+TEST_CASE("capacity: a full pool or a full sequence is refused and nothing stored changes") {
+  CacheConfig config{.layers = 1, .kv_heads = 1, .max_sequences = 2, .max_tokens_per_sequence = 100, .page_tokens = 32,
+                     .pool_pages = 3};
+  HostPagedKVCache<KiviTiers> cache(config, std::int64_t{1} << 30);
+  const auto keys = make_input({96, 1, 64}, fresh_seed()), values = make_input({96, 1, 64}, fresh_seed());
+  const std::vector<int> first{0};
+  const std::vector<std::int64_t> count96{96};
+  auto plan = cache.reserve(first, count96);
+  cache.write<f16>(plan, 0, keys, values);
+  const std::vector<std::uint8_t> pages_before(cache.storage(0).pages.begin(), cache.storage(0).pages.end());
+
+  const std::vector<int> second{1};
+  const std::vector<std::int64_t> count32{32};
+  try {
+    cache.reserve(second, count32);
+    FAIL("expected capacity_exceeded");
+  } catch (const Error& error) {
+    CHECK(error.code() == ErrorCode::capacity_exceeded);
+    CHECK(std::string(error.what()).find("only 0 of the pool are free") != std::string::npos);
+  }
+  const std::vector<std::int64_t> count5{5};
+  CHECK_THROWS_AS(cache.reserve(first, count5), Error);  // 101 > max_tokens_per_sequence
+  CHECK(cache.sequences().sequence(0).length == 96);
+  CHECK(cache.sequences().sequence(1).length == 0);
+  CHECK(cache.sequences().free_pages() == 0);
+  CHECK(std::equal(pages_before.begin(), pages_before.end(), cache.storage(0).pages.begin()));
+
+  // Truncating frees pages for the other sequence.
+  cache.truncate(0, 40);
+  CHECK(cache.sequences().free_pages() == 2);
+  plan = cache.reserve(second, count32);
+  cache.write<f16>(plan, 0, std::span(keys).first(32 * 64), std::span(values).first(32 * 64));
+}
+
+TEST_CASE("bad writes are refused before anything is written") {
+  CacheConfig config{.layers = 2, .kv_heads = 2, .max_sequences = 1, .max_tokens_per_sequence = 100, .page_tokens = 64,
+                     .window_tokens = 4};
+  HostPagedKVCache<KiviTiers> cache(config, std::int64_t{1} << 30);
+  const std::vector<int> s{0};
+  const std::vector<std::int64_t> n{40};
+  auto keys = make_input({40, 2, 64}, fresh_seed()), values = make_input({40, 2, 64}, fresh_seed());
+  const auto plan = cache.reserve(s, n);
+  CHECK_THROWS_AS(cache.write<f16>(plan, 0, std::span(keys).first(100), values), Error);
+  CHECK_THROWS_AS(cache.write<f16>(plan, 2, keys, values), Error);
+  auto poisoned = keys;
+  poisoned[5 * 128 + 3] = to_f16(NAN);
+  try {
+    cache.write<f16>(plan, 0, poisoned, values);
+    FAIL("expected non_finite_input");
+  } catch (const Error& error) {
+    CHECK(error.code() == ErrorCode::non_finite_input);
+  }
+  const auto untouched = cache.storage(0);
+  CHECK(std::all_of(untouched.pages.begin(), untouched.pages.end(), [](std::uint8_t b) { return b == 0; }));
+  cache.write<f16>(plan, 0, keys, values);
+  CHECK_THROWS_AS(cache.write<f16>(plan, 0, keys, values), Error);            // twice for one plan
+  CHECK_THROWS_AS(cache.reserve(s, std::vector<std::int64_t>{1}), Error);    // layer 1 not written yet
+  cache.write<f16>(plan, 1, keys, values);
+  const auto next = cache.reserve(s, std::vector<std::int64_t>{1});
+  CHECK_THROWS_AS(cache.write<f16>(plan, 0, std::span(keys).first(128), std::span(values).first(128)), Error);  // stale
+  CHECK_THROWS_AS(cache.truncate(0, 42), Error);  // longer than the sequence
+  CHECK_THROWS_AS(cache.reserve(std::vector<int>{0, 0}, std::vector<std::int64_t>{1, 1}), Error);
+  (void)next;
+}

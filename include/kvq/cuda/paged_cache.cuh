@@ -115,39 +115,38 @@ struct FlushSource {
   bool is_key;
   static constexpr int blocks_per_unit = Flush / P::tokens_per_block;
 
-  struct Where {
+  struct Cursor {
     const DeviceAppendEntry* entry;
     std::int64_t quantized;  // quantized index of the block's first row
     int head;
+    BlockRef destination;
   };
-  __device__ Where locate(std::int64_t block) const {
+  __device__ std::int64_t blocks() const { return total_units * w.heads * blocks_per_unit; }
+  __device__ Cursor cursor(std::int64_t block) const {
     const std::int64_t unit = block / (w.heads * blocks_per_unit);
     const int head = static_cast<int>(block / blocks_per_unit % w.heads);
     const int sub = static_cast<int>(block % blocks_per_unit);
     const DeviceAppendEntry& e = w.entry_of_unit(unit);
-    return {&e, e.old_quantized + (unit - e.first_unit) * Flush + sub * P::tokens_per_block, head};
+    const std::int64_t quantized = e.old_quantized + (unit - e.first_unit) * Flush + sub * P::tokens_per_block;
+    const std::int32_t page = w.page_table[e.sequence * std::int64_t{w.max_pages} + quantized / w.page_tokens];
+    const std::int64_t index = quantized % w.page_tokens / P::tokens_per_block;
+    std::uint8_t* base = w.pages + page * w.page_bytes + head * w.head_bytes;
+    return {&e, quantized, head,
+            {base + code_offset + index * P::code_bytes_per_block, base + meta_offset + index * P::meta_bytes_per_block}};
   }
-  __device__ std::int64_t blocks() const { return total_units * w.heads * blocks_per_unit; }
-  __device__ int rows(std::int64_t) const { return P::tokens_per_block; }
-  __device__ float load(std::int64_t block, int row, int channel) const {
-    const Where at = locate(block);
-    const std::int64_t q = at.quantized + row;
+  __device__ int rows(const Cursor&) const { return P::tokens_per_block; }
+  __device__ float load(const Cursor& c, int row, int channel) const {
+    const std::int64_t q = c.quantized + row;
     const std::int64_t token = w.sink_tokens + q;
-    if (token < at.entry->old_length) {  // still in the old window: already in cache form
+    if (token < c.entry->old_length) {  // still in the old window: already in cache form
       const f16* window = w.window + (is_key ? 0 : w.window_half);
-      return to_float(window[((at.entry->sequence * std::int64_t{w.window_capacity} + q % w.window_capacity) * w.heads +
-                               at.head) * P::head_dim + channel]);
+      return to_float(window[((c.entry->sequence * std::int64_t{w.window_capacity} + q % w.window_capacity) * w.heads +
+                               c.head) * P::head_dim + channel]);
     }
-    return cache_form(input, at.entry->input_offset + token - at.entry->old_length, w.heads, at.head, channel, token,
+    return cache_form(input, c.entry->input_offset + token - c.entry->old_length, w.heads, c.head, channel, token,
                       is_key && w.rotate_keys, w);
   }
-  __device__ BlockRef destination(std::int64_t block) const {
-    const Where at = locate(block);
-    const std::int32_t page = w.page_table[at.entry->sequence * std::int64_t{w.max_pages} + at.quantized / w.page_tokens];
-    const std::int64_t index = at.quantized % w.page_tokens / P::tokens_per_block;
-    std::uint8_t* base = w.pages + page * w.page_bytes + at.head * w.head_bytes;
-    return {base + code_offset + index * P::code_bytes_per_block, base + meta_offset + index * P::meta_bytes_per_block};
-  }
+  __device__ BlockRef destination(const Cursor& c) const { return c.destination; }
 };
 
 // New tokens that stay in fp16: into the sinks, or the window if they are not already in a flushed unit.
@@ -361,11 +360,19 @@ class PagedKVCache {
           check_launch("kvq::cuda::PagedKVCache::write (values)");
         }
       });
-      constexpr int threads = 256;
-      detail::write_fp16_kernel<head_dim, T>
-          <<<grid_for(plan.total_tokens * config_.kv_heads * head_dim, threads), threads, 0, stream>>>(w, keys, values,
-                                                                                                     plan.total_tokens);
-      check_launch("kvq::cuda::PagedKVCache::write (fp16)");
+      // Rows that end in the sinks or the window; none when every new token is quantized straight away.
+      std::int64_t fp16_rows = 0;
+      for (const AppendEntry& e : plan.entries)
+        fp16_rows += std::max<std::int64_t>(0, std::min<std::int64_t>(e.old_length + e.count, config_.sink_tokens) - e.old_length) +
+                     std::max<std::int64_t>(0, e.old_length + e.count -
+                                                   std::max<std::int64_t>(e.old_length, config_.sink_tokens + e.new_quantized));
+      if (fp16_rows > 0) {
+        constexpr int threads = 256;
+        detail::write_fp16_kernel<head_dim, T>
+            <<<grid_for(plan.total_tokens * config_.kv_heads * head_dim, threads), threads, 0, stream>>>(
+                w, keys, values, plan.total_tokens);
+        check_launch("kvq::cuda::PagedKVCache::write (fp16)");
+      }
     }
     l.written = plan.generation;
   }

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kvq/core/element.hpp"
 #include "kvq/cuda/error.cuh"
@@ -68,17 +69,23 @@ __device__ __forceinline__ void copy_out(const std::uint8_t* staged, int blocks,
   }
 }
 
-// Where the blocks of a staged quantization come from and go to. A Source provides (device side):
-//   std::int64_t blocks() const;                       how many blocks
-//   int rows(std::int64_t block) const;                rows holding tokens (the rest are coded as zero)
-//   float load(std::int64_t block, int row, int channel) const;   one input element, as the policy must see it
-//   BlockRef destination(std::int64_t block) const;    the block's records in global memory
+// Where the blocks of a staged quantization come from and go to. A Source provides, on the device:
+//   Cursor cursor(std::int64_t block) const;         everything about one block that is costly to work out
+//                                                     (index arithmetic, page look-ups), computed once per block
+//   int rows(const Cursor&) const;                    rows holding tokens (the rest are coded as zero)
+//   float load(const Cursor&, int row, int channel) const;   one input element, as the policy must see it
+//   BlockRef destination(const Cursor&) const;        the block's records in global memory
+// Cursors are trivially copyable; the kernel keeps one per staged block in shared memory.
 template <QuantizationPolicy P, class Source>
 __global__ void __launch_bounds__(quantize_threads<P>)
     staged_quantize_kernel(Source source, typename P::Params params, unsigned long long* __restrict__ poisoned_groups) {
   __shared__ float tile[tile_floats<P>];
   __shared__ __align__(16) std::uint8_t staged_codes[blocks_per_tile<P> * staged_code_stride<P>];
   __shared__ __align__(16) std::uint8_t staged_meta[blocks_per_tile<P> * staged_meta_stride<P> + 4];
+  using Cursor = decltype(source.cursor(std::int64_t{0}));
+  static_assert(std::is_trivially_copyable_v<Cursor>, "kvq: a staged-quantize cursor must be trivially copyable");
+  __shared__ __align__(16) unsigned char cursor_storage[blocks_per_tile<P> * sizeof(Cursor)];
+  Cursor* cursors = reinterpret_cast<Cursor*>(cursor_storage);
   const std::int64_t total_blocks = source.blocks();
   constexpr int block_floats = P::tokens_per_block * P::head_dim;
   constexpr int work_items = blocks_per_tile<P> * P::groups_per_block;
@@ -91,19 +98,23 @@ __global__ void __launch_bounds__(quantize_threads<P>)
        first += static_cast<std::int64_t>(gridDim.x) * blocks_per_tile<P>) {
     const int blocks_here = static_cast<int>(total_blocks - first < blocks_per_tile<P> ? total_blocks - first
                                                                                        : blocks_per_tile<P>);
+    for (int local_block = threadIdx.x; local_block < blocks_here; local_block += blockDim.x)
+      cursors[local_block] = source.cursor(first + local_block);
+    __syncthreads();
     // Stage: element e of the tile is (block first + e / block_floats, row, channel); for contiguous inputs,
     // consecutive threads read consecutive elements.
     for (int e = threadIdx.x; e < blocks_here * block_floats; e += blockDim.x) {
       const int local_block = e / block_floats;
       const int row = e % block_floats / P::head_dim;
       const int channel = e % P::head_dim;
+      const Cursor& cursor = cursors[local_block];
       tile[local_block * block_stride<P> + e % block_floats] =
-          row < source.rows(first + local_block) ? source.load(first + local_block, row, channel) : 0.0f;
+          row < source.rows(cursor) ? source.load(cursor, row, channel) : 0.0f;
     }
     __syncthreads();
     if constexpr (HasPrepareBlock<P>) {
       for (int local_block = threadIdx.x; local_block < blocks_here; local_block += blockDim.x)
-        P::prepare_block(tile + local_block * block_stride<P>, source.rows(first + local_block),
+        P::prepare_block(tile + local_block * block_stride<P>, source.rows(cursors[local_block]),
                          staged_block(local_block), params);
       __syncthreads();
     }
@@ -111,17 +122,17 @@ __global__ void __launch_bounds__(quantize_threads<P>)
       const int local_block = one_token ? work % blocks_per_tile<P> : work / P::groups_per_block;
       const int group = one_token ? work / blocks_per_tile<P> : work % P::groups_per_block;
       if (local_block >= blocks_here) continue;
-      poisoned += P::quantize_group(tile + local_block * block_stride<P>, source.rows(first + local_block), group,
+      poisoned += P::quantize_group(tile + local_block * block_stride<P>, source.rows(cursors[local_block]), group,
                                     staged_block(local_block), params)
                       ? 0
                       : 1;
     }
     __syncthreads();
     copy_out(staged_codes, blocks_here, P::code_bytes_per_block, staged_code_stride<P>,
-             [&](int b) { return source.destination(first + b).codes; });
+             [&](int b) { return source.destination(cursors[b]).codes; });
     if constexpr (P::meta_bytes_per_block > 0)
       copy_out(staged_meta, blocks_here, P::meta_bytes_per_block, staged_meta_stride<P>,
-               [&](int b) { return source.destination(first + b).meta; });
+               [&](int b) { return source.destination(cursors[b]).meta; });
     __syncthreads();
   }
   if (poisoned != 0 && poisoned_groups != nullptr) atomicAdd(poisoned_groups, static_cast<unsigned long long>(poisoned));
@@ -135,14 +146,23 @@ struct TensorSource {
   std::uint8_t* codes;
   std::uint8_t* meta;
 
+  struct Cursor {
+    const T* first_row;  // row 0 of the block; row r is first_row + r * heads * head_dim
+    int rows;
+    std::int64_t block;
+  };
   __device__ std::int64_t blocks() const { return QuantizedTensorLayout<P>{shape}.blocks(); }
-  __device__ int rows(std::int64_t block) const { return QuantizedTensorLayout<P>{shape}.rows_in(block / shape.heads); }
-  __device__ float load(std::int64_t block, int row, int channel) const {
-    const std::int64_t token = block / shape.heads * P::tokens_per_block + row;
+  __device__ Cursor cursor(std::int64_t block) const {
+    const std::int64_t token = block / shape.heads * P::tokens_per_block;
     const int head = static_cast<int>(block % shape.heads);
-    return to_float(input[(token * shape.heads + head) * P::head_dim + channel]);
+    return {input + (token * shape.heads + head) * P::head_dim,
+            QuantizedTensorLayout<P>{shape}.rows_in(block / shape.heads), block};
   }
-  __device__ BlockRef destination(std::int64_t block) const { return QuantizedTensorLayout<P>::block(codes, meta, block); }
+  __device__ int rows(const Cursor& c) const { return c.rows; }
+  __device__ float load(const Cursor& c, int row, int channel) const {
+    return to_float(c.first_row[static_cast<std::int64_t>(row) * shape.heads * P::head_dim + channel]);
+  }
+  __device__ BlockRef destination(const Cursor& c) const { return QuantizedTensorLayout<P>::block(codes, meta, c.block); }
 };
 
 inline int grid_for_tiles(std::int64_t blocks, int blocks_per_tile) {

@@ -102,7 +102,9 @@ __global__ void __launch_bounds__(quantize_threads<P>)
       cursors[local_block] = source.cursor(first + local_block);
     __syncthreads();
     // Stage: element e of the tile is (block first + e / block_floats, row, channel); for contiguous inputs,
-    // consecutive threads read consecutive elements.
+    // consecutive threads read consecutive elements. Unrolled so that several loads are in flight per thread: for
+    // a handful of blocks (a decode step) this loop is the kernel's latency.
+#pragma unroll 4
     for (int e = threadIdx.x; e < blocks_here * block_floats; e += blockDim.x) {
       const int local_block = e / block_floats;
       const int row = e % block_floats / P::head_dim;

@@ -9,12 +9,11 @@
 
 #include <cstdint>
 
+#include "kvq/core/alignment.hpp"
 #include "kvq/core/macros.hpp"
 #include "kvq/quant/concept.hpp"
 
 namespace kvq {
-
-KVQ_HOST_DEVICE inline constexpr std::int64_t align16(std::int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 template <class Tier>
 struct TierPageLayout {

@@ -343,21 +343,22 @@ class PagedKVCache {
         using Layout = TierPageLayout<Tier>;
         const auto& params = std::get<PerTier<Tier>>(params_[static_cast<std::size_t>(layer)]);
         if (plan.flush_units > 0) {
-          const detail::FlushSource<Key, T, flush_tokens> key_source{w, keys, plan.flush_units, 0,
-                                                                      Layout::key_meta_offset(config_.page_tokens), true};
-          kvq::cuda::detail::staged_quantize_kernel<Key>
-              <<<kvq::cuda::detail::grid_for_tiles(plan.flush_units * config_.kv_heads * (flush_tokens / Key::tokens_per_block),
-                                                   kvq::cuda::detail::blocks_per_tile<Key>),
-                 kvq::cuda::detail::quantize_threads<Key>, 0, stream>>>(key_source, params.key, poisoned_groups);
-          check_launch("kvq::cuda::PagedKVCache::write (keys)");
-          const detail::FlushSource<Value, T, flush_tokens> value_source{
-              w, values, plan.flush_units, Layout::value_code_offset(config_.page_tokens),
-              Layout::value_meta_offset(config_.page_tokens), false};
-          kvq::cuda::detail::staged_quantize_kernel<Value>
-              <<<kvq::cuda::detail::grid_for_tiles(plan.flush_units * config_.kv_heads * (flush_tokens / Value::tokens_per_block),
-                                                   kvq::cuda::detail::blocks_per_tile<Value>),
-                 kvq::cuda::detail::quantize_threads<Value>, 0, stream>>>(value_source, params.value, poisoned_groups);
-          check_launch("kvq::cuda::PagedKVCache::write (values)");
+          // Keys and values of the units leaving the window, in one launch.
+          using KeySource = detail::FlushSource<Key, T, flush_tokens>;
+          using ValueSource = detail::FlushSource<Value, T, flush_tokens>;
+          const KeySource key_source{w, keys, plan.flush_units, 0, Layout::key_meta_offset(config_.page_tokens), true};
+          const ValueSource value_source{w, values, plan.flush_units, Layout::value_code_offset(config_.page_tokens),
+                                         Layout::value_meta_offset(config_.page_tokens), false};
+          namespace staged = kvq::cuda::detail;
+          const int key_ctas = staged::grid_for_tiles(
+              plan.flush_units * config_.kv_heads * (flush_tokens / Key::tokens_per_block), staged::blocks_per_tile<Key>);
+          const int value_ctas = staged::grid_for_tiles(
+              plan.flush_units * config_.kv_heads * (flush_tokens / Value::tokens_per_block), staged::blocks_per_tile<Value>);
+          constexpr int threads = std::max(staged::quantize_threads<Key>, staged::quantize_threads<Value>);
+          staged::staged_quantize_pair_kernel<Key, KeySource, Value, ValueSource>
+              <<<key_ctas + value_ctas, threads, 0, stream>>>(key_source, params.key, key_ctas, value_source,
+                                                             params.value, poisoned_groups);
+          check_launch("kvq::cuda::PagedKVCache::write (quantize)");
         }
       });
       // Rows that end in the sinks or the window; none when every new token is quantized straight away.

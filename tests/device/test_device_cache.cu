@@ -19,29 +19,24 @@ using namespace kvq::testing;
 
 namespace {
 
-struct DeviceFloats {
-  float* data = nullptr;
-  explicit DeviceFloats(const std::vector<float>& host) {
-    cuda::check(cudaMalloc(&data, host.size() * sizeof(float)), "cudaMalloc");
-    cuda::check(cudaMemcpy(data, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice), "upload");
+template <class T>
+struct DeviceBuffer {
+  T* data = nullptr;
+  explicit DeviceBuffer(const std::vector<T>& host) {
+    cuda::check(cudaMalloc(&data, host.size() * sizeof(T) + 2), "cudaMalloc");
+    if (!host.empty()) cuda::check(cudaMemcpy(data, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
   }
-  ~DeviceFloats() { cudaFree(data); }
-};
-struct DeviceArrays {
-  std::vector<std::unique_ptr<DeviceFloats>> buffers;
-  const float* add(const std::vector<float>& values) {
-    buffers.push_back(std::make_unique<DeviceFloats>(values));
-    return buffers.back()->data;
-  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { cudaFree(data); }
 };
 
-struct DeviceHalves {
-  f16* data = nullptr;
-  explicit DeviceHalves(const std::vector<f16>& host) {
-    cuda::check(cudaMalloc(&data, host.size() * sizeof(f16) + 2), "cudaMalloc");
-    if (!host.empty()) cuda::check(cudaMemcpy(data, host.data(), host.size() * sizeof(f16), cudaMemcpyHostToDevice), "upload");
+struct DeviceArrays {
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> buffers;
+  const float* add(const std::vector<float>& values) {
+    buffers.push_back(std::make_unique<DeviceBuffer<float>>(values));
+    return buffers.back()->data;
   }
-  ~DeviceHalves() { cudaFree(data); }
 };
 
 template <class Tiers>
@@ -79,16 +74,27 @@ void run_both(const CacheConfig& config, std::uint32_t seed, int steps, SetParam
         const std::int64_t room = config.max_tokens_per_sequence - host.sequences().sequence(s).length;
         if (rng() % 4 == 0 || room <= 0) continue;
         sequences.push_back(s);
-        counts.push_back(std::min<std::int64_t>(room, op < 5 ? 1 : 1 + static_cast<std::int64_t>(rng() % 300)));
+        // Mostly decode steps, sometimes prefill chunks, and now and then a sequence with nothing to append.
+        const std::int64_t want = rng() % 8 == 0 ? 0 : op < 5 ? 1 : 1 + static_cast<std::int64_t>(rng() % 300);
+        counts.push_back(std::min<std::int64_t>(room, want));
       }
       const AppendPlan host_plan = host.reserve(sequences, counts);
       const AppendPlan device_plan = device.reserve(sequences, counts, nullptr);
       for (int layer = 0; layer < config.layers; ++layer) {
         const TensorShape shape{host_plan.total_tokens, config.kv_heads, d};
         const auto keys = make_input(shape, rng()), values = make_input(shape, rng());
-        host.template write<f16>(host_plan, layer, keys, values);
-        DeviceHalves device_keys(keys), device_values(values);
-        device.template write<f16>(device_plan, layer, device_keys.data, device_values.data, nullptr);
+        if (step % 2 == 0) {
+          host.template write<f16>(host_plan, layer, keys, values);
+          DeviceBuffer<f16> device_keys(keys), device_values(values);
+          device.template write<f16>(device_plan, layer, device_keys.data, device_values.data, nullptr);
+        } else {  // bf16 input, rounded to fp16 for the sinks and window on both sides
+          std::vector<bf16> keys16(keys.size()), values16(values.size());
+          for (std::size_t i = 0; i < keys.size(); ++i)
+            keys16[i] = to_bf16(to_float(keys[i]) * 3.0f), values16[i] = to_bf16(to_float(values[i]) * 3.0f);
+          host.template write<bf16>(host_plan, layer, keys16, values16);
+          DeviceBuffer<bf16> device_keys(keys16), device_values(values16);
+          device.template write<bf16>(device_plan, layer, device_keys.data, device_values.data, nullptr);
+        }
         cuda::check(cudaDeviceSynchronize(), "write");
       }
       compare(host, device, "append");
@@ -130,6 +136,13 @@ TEST_CASE("device cache equals the host cache: per-layer tiers with fp8, rotatio
     const CodebookParams book = ParamsBuilder<Nuq>::build(arrays, 99);
     cache.template set_params<Tier<Rotated, Nuq>>(1, typename Rotated::Params{{}, 4321u}, book);
   });
+}
+
+TEST_CASE("device cache equals the host cache: per-token int4, post-RoPE with interleaved pairs, no window") {
+  CacheConfig config{.layers = 2, .kv_heads = 4, .max_sequences = 4, .max_tokens_per_sequence = 1000, .page_tokens = 16,
+                     .sink_tokens = 2};
+  config.rope.style = RopeStyle::interleaved;
+  run_both<LayerTiers<Tier<Int4T, Int4T>>>(config, fresh_seed(), 30, [](auto&, auto&) {});
 }
 
 TEST_CASE("device cache: a budget or a device too small is refused before allocating") {

@@ -205,6 +205,12 @@ TEST_CASE("per-token int4 keys and values with sinks and a window follow the mod
   random_operations<LayerTiers<Tier<Int4T, Int4T>>>(config, fresh_seed(), 60, no_params<Int4T, Int4T>);
 }
 
+TEST_CASE("no sinks and no window: every token is quantized as it arrives (window capacity 0), interleaved RoPE") {
+  CacheConfig config{.layers = 1, .kv_heads = 3, .max_sequences = 2, .max_tokens_per_sequence = 150, .page_tokens = 4};
+  config.rope.style = RopeStyle::interleaved;
+  random_operations<LayerTiers<Tier<Int8T, Int4T>>>(config, fresh_seed(), 40, no_params<Int8T, Int4T>);
+}
+
 TEST_CASE("KIVI layout: per-channel 2-bit keys flush 32 tokens at a time, no sinks, no window, pre-RoPE") {
   CacheConfig config{.layers = 2, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 400, .page_tokens = 64,
                      .key_position = KeyPosition::pre_rope};
@@ -213,9 +219,11 @@ TEST_CASE("KIVI layout: per-channel 2-bit keys flush 32 tokens at a time, no sin
 
 TEST_CASE("per-layer tiers: 8-bit first and last layers, rotated outliers and a codebook in between") {
   using Rotated = RotatedPolicy<OutlierPolicy<Int4T, OutlierConfig{.capacity = 2}>>;
-  using Nuq = CodebookPolicy<CodebookConfig{.bits = 3, .group_size = 32, .head_dim = 64}>;
+  // Per-channel codebook values: the flush unit is 32 tokens for every layer, also the per-token 8-bit ones.
+  using Nuq = CodebookPolicy<CodebookConfig{.bits = 3, .group_size = 32, .head_dim = 64, .axis = Axis::per_channel}>;
   using Tiers = LayerTiers<Tier<Int8T, Int8T>, Tier<Rotated, Nuq>>;
-  CacheConfig config{.layers = 4, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 200, .page_tokens = 8,
+  static_assert(Tiers::flush_tokens == 32);
+  CacheConfig config{.layers = 4, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 200, .page_tokens = 32,
                      .sink_tokens = 1, .window_tokens = 3, .layer_tier = {0, 1, 1, 0}};
   config.rope.style = RopeStyle::interleaved;
   HostArrays arrays;
@@ -314,6 +322,13 @@ TEST_CASE("memory: exact bytes per token, a size query before allocation, and th
     CHECK(error.code() == ErrorCode::out_of_memory);
     CHECK(std::string(error.what()).find("budget") != std::string::npos);
   }
+
+  // Per-channel keys: the window holds up to R + F - 1 tokens (F = 32).
+  CacheConfig kivi{.layers = 2, .kv_heads = 8, .max_sequences = 3, .max_tokens_per_sequence = 1000, .page_tokens = 64,
+                   .window_tokens = 128};
+  const CacheMemory kivi_memory = HostPagedKVCache<KiviTiers>::required_memory(kivi);
+  CHECK(kivi_memory.window_bytes == 2LL * 3 * (128 + 31) * 8 * 64 * 2 * 2);
+  CHECK(HostPagedKVCache<KiviTiers>(kivi, kivi_memory.total_bytes()).allocated_bytes() == kivi_memory.total_bytes());
 }
 
 TEST_CASE("capacity: a full pool or a full sequence is refused and nothing stored changes") {
@@ -373,10 +388,95 @@ TEST_CASE("bad writes are refused before anything is written") {
   cache.write<f16>(plan, 0, keys, values);
   CHECK_THROWS_AS(cache.write<f16>(plan, 0, keys, values), Error);            // twice for one plan
   CHECK_THROWS_AS(cache.reserve(s, std::vector<std::int64_t>{1}), Error);    // layer 1 not written yet
+  CHECK_THROWS_AS(cache.truncate(0, 10), Error);                              // nor truncate or reset meanwhile
+  CHECK_THROWS_AS(cache.reset(0), Error);
   cache.write<f16>(plan, 1, keys, values);
-  const auto next = cache.reserve(s, std::vector<std::int64_t>{1});
-  CHECK_THROWS_AS(cache.write<f16>(plan, 0, std::span(keys).first(128), std::span(values).first(128)), Error);  // stale
-  CHECK_THROWS_AS(cache.truncate(0, 42), Error);  // longer than the sequence
-  CHECK_THROWS_AS(cache.reserve(std::vector<int>{0, 0}, std::vector<std::int64_t>{1, 1}), Error);
-  (void)next;
+  const auto next = cache.reserve(s, std::vector<std::int64_t>{40});
+  try {  // the old plan, with inputs of the right size: only its age is wrong
+    cache.write<f16>(plan, 0, keys, values);
+    FAIL("expected a stale-plan error");
+  } catch (const Error& error) {
+    CHECK(std::string(error.what()).find("not the latest reservation") != std::string::npos);
+  }
+  cache.write<f16>(next, 0, keys, values);
+  cache.write<f16>(next, 1, keys, values);
+  CHECK_THROWS_AS(cache.truncate(0, 81), Error);  // longer than the sequence
+  cache.reset(0);
+  CHECK(cache.sequences().sequence(0).length == 0);
+  CHECK(cache.sequences().free_pages() == cache.memory().pool_pages);
+}
+
+TEST_CASE("the sinks and window are untouched by a rejected write") {
+  CacheConfig config{.layers = 1, .kv_heads = 2, .max_sequences = 1, .max_tokens_per_sequence = 100, .page_tokens = 64,
+                     .sink_tokens = 3, .window_tokens = 4};
+  HostPagedKVCache<KiviTiers> cache(config, std::int64_t{1} << 30);
+  auto keys = make_input({10, 2, 64}, fresh_seed()), values = make_input({10, 2, 64}, fresh_seed());
+  const std::vector<int> s{0};
+  const auto plan = cache.reserve(s, std::vector<std::int64_t>{10});
+  values[9 * 128 + 5] = to_f16(INFINITY);
+  CHECK_THROWS_AS(cache.write<f16>(plan, 0, keys, values), Error);
+  const auto storage = cache.storage(0);
+  CHECK(std::all_of(storage.sinks.begin(), storage.sinks.end(), [](f16 x) { return x.bits == 0; }));
+  CHECK(std::all_of(storage.window.begin(), storage.window.end(), [](f16 x) { return x.bits == 0; }));
+}
+
+TEST_CASE("batch and config errors name the problem and change nothing") {
+  auto message_of = [](auto call) -> std::string {
+    try {
+      call();
+    } catch (const Error& error) {
+      return error.what();
+    }
+    return "no error";
+  };
+  CacheConfig config{.layers = 2, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 100, .page_tokens = 64};
+  HostPagedKVCache<KiviTiers> cache(config, std::int64_t{1} << 30);
+  CHECK(message_of([&] { cache.reserve(std::vector<int>{0, 0}, std::vector<std::int64_t>{1, 1}); }).find("appears twice") != std::string::npos);
+  CHECK(message_of([&] { cache.reserve(std::vector<int>{2}, std::vector<std::int64_t>{1}); }).find("outside [0, 2)") != std::string::npos);
+  CHECK(message_of([&] { cache.reserve(std::vector<int>{1}, std::vector<std::int64_t>{-1}); }).find("negative token count") != std::string::npos);
+  CHECK(message_of([&] { cache.reserve(std::vector<int>{1}, std::vector<std::int64_t>{INT64_MAX}); }).find("max_tokens_per_sequence") != std::string::npos);
+  CHECK(message_of([&] { cache.reserve(std::vector<int>{0, 1}, std::vector<std::int64_t>{1}); }).find("token counts") != std::string::npos);
+  CHECK(cache.sequences().sequence(0).length == 0);
+  CHECK(cache.sequences().sequence(1).length == 0);
+
+  auto bad = config;
+  bad.page_tokens = 48;  // not a multiple of the 32-token flush unit of per-channel keys
+  CHECK(message_of([&] { HostPagedKVCache<KiviTiers> c(bad, std::int64_t{1} << 30); }).find("multiple of 32") != std::string::npos);
+  bad = config;
+  bad.layer_tier = {0, 1};
+  CHECK(message_of([&] { HostPagedKVCache<KiviTiers> c(bad, std::int64_t{1} << 30); }).find("layer_tier[1]") != std::string::npos);
+  bad = config;
+  bad.kv_heads = 0;
+  CHECK(message_of([&] { HostPagedKVCache<KiviTiers> c(bad, std::int64_t{1} << 30); }).find("kv_heads") != std::string::npos);
+  bad = config;
+  bad.max_sequences = 1 << 24;
+  bad.max_tokens_per_sequence = std::int64_t{1} << 40;
+  bad.page_tokens = 32;
+  CHECK(message_of([&] { HostPagedKVCache<KiviTiers>::required_memory(bad); }).find("2^31 pages") != std::string::npos);
+
+  using Nuq = CodebookPolicy<CodebookConfig{.bits = 2, .group_size = 32, .head_dim = 64}>;
+  HostPagedKVCache<LayerTiers<Tier<Nuq, Nuq>>> needs_params(config, std::int64_t{1} << 30);
+  const auto plan = needs_params.reserve(std::vector<int>{0}, std::vector<std::int64_t>{1});
+  const auto row = make_input({1, 2, 64}, fresh_seed());
+  CHECK(message_of([&] { needs_params.write<f16>(plan, 0, row, row); }).find("set_params") != std::string::npos);
+}
+
+TEST_CASE("finite inputs never become Inf in the cache: fp16 storage saturates") {
+  CacheConfig config{.layers = 1, .kv_heads = 1, .max_sequences = 1, .max_tokens_per_sequence = 64, .page_tokens = 4,
+                     .window_tokens = 2};
+  config.rope.theta = 10000.0f;
+  HostPagedKVCache<LayerTiers<Tier<Int8T, Int8T>>> cache(config, std::int64_t{1} << 30);
+  // A key at the edge of the fp16 range, rotated by RoPE, and a float value beyond it.
+  std::vector<float> keys(8 * 64, 0.0f), values(8 * 64, 1.0f);
+  for (int t = 0; t < 8; ++t) keys[t * 64 + 0] = keys[t * 64 + 32] = 60000.0f, values[t * 64 + 3] = 70000.0f;
+  const auto plan = cache.reserve(std::vector<int>{0}, std::vector<std::int64_t>{8});
+  cache.write<float>(plan, 0, keys, values);
+  std::vector<float> key(64), value(64);
+  for (int t = 0; t < 8; ++t) {
+    cache.read_token(0, 0, t, key.data(), value.data());
+    for (int c = 0; c < 64; ++c) {
+      REQUIRE(std::isfinite(key[c]));
+      REQUIRE(std::isfinite(value[c]));
+    }
+  }
 }

@@ -1,7 +1,9 @@
 // Runtime shape of a paged quantized KV cache. Validated once, at construction, with an error naming the field.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -57,7 +59,13 @@ inline void validate_cache_config(const CacheConfig& c, int tier_count, int flus
             "cache config: layer_tier[" + std::to_string(l) + "] = " + std::to_string(c.layer_tier[l]) +
                 " is not a tier index below " + std::to_string(tier_count));
   require(c.max_tokens_per_sequence <= (std::int64_t{1} << 40), ErrorCode::invalid_argument,
-          "cache config: max_tokens_per_sequence is absurdly large");
+          "cache config: max_tokens_per_sequence " + std::to_string(c.max_tokens_per_sequence) + " is above 2^40");
+  // Page ids and page-table rows are 32-bit.
+  const std::int64_t pages_per_sequence =
+      (std::max<std::int64_t>(0, c.max_tokens_per_sequence - c.sink_tokens) + c.page_tokens - 1) / c.page_tokens;
+  require(pages_per_sequence <= std::numeric_limits<std::int32_t>::max() / c.max_sequences, ErrorCode::invalid_argument,
+          "cache config: " + std::to_string(c.max_sequences) + " sequences of " + std::to_string(pages_per_sequence) +
+              " pages each exceed 2^31 pages; use larger pages or fewer tokens");
 }
 
 }  // namespace detail

@@ -51,13 +51,12 @@ class HostPagedKVCache {
     return config.layer_tier.empty() ? 0 : config.layer_tier[static_cast<std::size_t>(layer)];
   }
 
+  // Every sequence at its maximum length (validate_cache_config keeps this below 2^31).
   static int default_pool_pages(const CacheConfig& config) {
     const std::int64_t per_sequence =
         (std::max<std::int64_t>(0, config.max_tokens_per_sequence - config.sink_tokens) + config.page_tokens - 1) /
         config.page_tokens;
-    const std::int64_t pages = per_sequence * config.max_sequences;
-    require(pages <= (std::int64_t{1} << 31) - 1, ErrorCode::invalid_argument, "cache config: too many pages");
-    return static_cast<int>(pages);
+    return static_cast<int>(per_sequence * config.max_sequences);
   }
 
   static CacheMemory required_memory(const CacheConfig& config) {
@@ -133,9 +132,7 @@ class HostPagedKVCache {
   }
 
   AppendPlan reserve(std::span<const int> sequences, std::span<const std::int64_t> counts) {
-    for (int layer = 0; layer < config_.layers; ++layer)
-      require(layers_[static_cast<std::size_t>(layer)].written == table_.generation(), ErrorCode::invalid_argument,
-              "append: layer " + std::to_string(layer) + " was not written for the previous reservation");
+    require_no_pending_append("append");
     return table_.reserve(sequences, counts);
   }
 
@@ -168,6 +165,7 @@ class HostPagedKVCache {
   // Shortens a sequence (rollback). Quantized tokens that end up inside the fp16 window again come back as their
   // dequantized values; everything else below the new length is untouched.
   void truncate(int sequence, std::int64_t new_length) {
+    require_no_pending_append("truncate");
     const std::vector<std::int32_t> old_pages = table_.sequence(sequence).pages;
     const auto t = table_.truncate(sequence, new_length);
     const std::int64_t restore_end = std::min(t.new_length - config_.sink_tokens, t.old_quantized);
@@ -185,13 +183,12 @@ class HostPagedKVCache {
             }
           }
       });
-      l.written = table_.generation();
     }
   }
 
   void reset(int sequence) {
+    require_no_pending_append("reset");
     table_.reset(sequence);
-    for (Layer& l : layers_) l.written = table_.generation();
   }
 
   // Token `token` of a sequence as attention sees it: fp16 sinks and window exactly, quantized tokens dequantized.
@@ -267,6 +264,14 @@ class HostPagedKVCache {
     return {c.sink_tokens, c.window_tokens, flush_tokens, c.page_tokens, c.max_tokens_per_sequence};
   }
   [[nodiscard]] std::int64_t row_elements() const { return std::int64_t{config_.kv_heads} * head_dim; }
+  // An append is complete once every layer has been written; until then lengths already include it, so nothing
+  // else may change the sequences. A failed write() changes nothing and can be repeated with valid input.
+  void require_no_pending_append(const char* operation) const {
+    for (int layer = 0; layer < config_.layers; ++layer)
+      require(layers_[static_cast<std::size_t>(layer)].written == table_.generation(), ErrorCode::invalid_argument,
+              std::string(operation) + ": layer " + std::to_string(layer) +
+                  " has not been written for the current append yet; write every layer first");
+  }
   void check_layer(int layer) const {
     require(layer >= 0 && layer < config_.layers, ErrorCode::invalid_argument,
             "layer " + std::to_string(layer) + " is outside [0, " + std::to_string(config_.layers) + ")");
@@ -294,7 +299,7 @@ class HostPagedKVCache {
     float x[head_dim];
     for (int c = 0; c < head_dim; ++c) x[c] = to_float(row[c]);
     if (is_key && config_.key_position == KeyPosition::post_rope) apply_rope<head_dim>(x, position, rope_, config_.rope.style);
-    for (int c = 0; c < head_dim; ++c) out[c] = to_f16(x[c]);
+    for (int c = 0; c < head_dim; ++c) out[c] = to_f16_saturating(x[c]);
   }
 
   template <class Tier>

@@ -85,9 +85,10 @@ class SequenceTable {
       require(counts[i] >= 0, ErrorCode::invalid_argument,
               "append: negative token count " + std::to_string(counts[i]) + " for sequence " + std::to_string(index));
       const Sequence& s = sequences_[static_cast<std::size_t>(index)];
-      require(s.length + counts[i] <= geometry_.max_tokens, ErrorCode::capacity_exceeded,
-              "append: sequence " + std::to_string(index) + " would hold " + std::to_string(s.length + counts[i]) +
-                  " tokens, more than max_tokens_per_sequence " + std::to_string(geometry_.max_tokens));
+      require(counts[i] <= geometry_.max_tokens - s.length, ErrorCode::capacity_exceeded,
+              "append: sequence " + std::to_string(index) + " holds " + std::to_string(s.length) + " tokens; " +
+                  std::to_string(counts[i]) + " more would exceed max_tokens_per_sequence " +
+                  std::to_string(geometry_.max_tokens));
       AppendEntry entry{index, s.length, counts[i], s.quantized, geometry_.quantized_after(s.length + counts[i], s.quantized),
                         plan.total_tokens};
       pages_needed += geometry_.pages_for(entry.new_quantized) - static_cast<std::int64_t>(s.pages.size());

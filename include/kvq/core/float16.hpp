@@ -3,6 +3,7 @@
 // Both map every NaN to the canonical NaN 0x7FFF, as the hardware does.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "kvq/core/bit_cast.hpp"
@@ -110,5 +111,14 @@ KVQ_HOST_DEVICE KVQ_INLINE float to_float(bf16 value) noexcept {
 }
 
 KVQ_HOST_DEVICE KVQ_INLINE float to_float(float value) noexcept { return value; }
+
+// fp16 of a finite value, clamped to +-65504 instead of overflowing to Inf; NaN and Inf stay as they are. For
+// storage that must not turn finite input (say a bf16 value, or a key rotated by RoPE) into Inf.
+KVQ_HOST_DEVICE KVQ_INLINE f16 to_f16_saturating(float value) noexcept {
+  constexpr float largest = 65504.0f;
+  if (value > largest && value < INFINITY) return to_f16(largest);
+  if (value < -largest && value > -INFINITY) return to_f16(-largest);
+  return to_f16(value);
+}
 
 }  // namespace kvq

@@ -102,7 +102,7 @@ __device__ __forceinline__ float cache_form(const T* input, std::int64_t row, in
   const T* base = input + (row * heads + head) * HeadDim;
   float x = to_float(base[channel]);
   if (rotate) x = rope_channel<HeadDim>(x, to_float(base[rope_partner<HeadDim>(channel, w.style)]), channel, position, w.rope, w.style);
-  return to_float(to_f16(x));
+  return to_float(to_f16_saturating(x));
 }
 
 // Blocks of policy P (keys or values) in the units leaving the window, for the staged quantize kernel.
@@ -296,9 +296,7 @@ class PagedKVCache {
 
   // As HostPagedKVCache::reserve; uploads the plan and the changed page-table rows on `stream`.
   AppendPlan reserve(std::span<const int> sequences, std::span<const std::int64_t> counts, cudaStream_t stream) {
-    for (int layer = 0; layer < config_.layers; ++layer)
-      require(layers_[static_cast<std::size_t>(layer)].written == table_.generation(), ErrorCode::invalid_argument,
-              "append: layer " + std::to_string(layer) + " was not written for the previous reservation");
+    require_no_pending_append("append");
     AppendPlan plan = table_.reserve(sequences, counts);
     host_entries_.clear();
     std::int64_t unit = 0;
@@ -379,6 +377,7 @@ class PagedKVCache {
   }
 
   void truncate(int sequence, std::int64_t new_length, cudaStream_t stream) {
+    require_no_pending_append("truncate");
     const auto t = table_.truncate(sequence, new_length);
     const std::int64_t restore_end = std::min(t.new_length - config_.sink_tokens, t.old_quantized);
     for (int layer = 0; layer < config_.layers; ++layer) {
@@ -392,13 +391,12 @@ class PagedKVCache {
           check_launch("kvq::cuda::PagedKVCache::truncate");
         });
       }
-      l.written = table_.generation();
     }
   }
 
   void reset(int sequence) {
+    require_no_pending_append("reset");
     table_.reset(sequence);
-    for (Layer& l : layers_) l.written = table_.generation();
   }
 
   // Copies of one layer's storage, for comparisons with the host cache (synchronous).
@@ -455,6 +453,12 @@ class PagedKVCache {
     return static_cast<int>(std::clamp<std::int64_t>(blocks, 1, 65535 * 16));
   }
   [[nodiscard]] std::int64_t row_elements() const { return std::int64_t{config_.kv_heads} * head_dim; }
+  void require_no_pending_append(const char* operation) const {
+    for (int layer = 0; layer < config_.layers; ++layer)
+      require(layers_[static_cast<std::size_t>(layer)].written == table_.generation(), ErrorCode::invalid_argument,
+              std::string(operation) + ": layer " + std::to_string(layer) +
+                  " has not been written for the current append yet; write every layer first");
+  }
   void check_layer(int layer) const {
     require(layer >= 0 && layer < config_.layers, ErrorCode::invalid_argument,
             "layer " + std::to_string(layer) + " is outside [0, " + std::to_string(config_.layers) + ")");

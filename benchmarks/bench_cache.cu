@@ -73,9 +73,13 @@ double bytes_written(const kvq::CacheConfig& config, std::int64_t before, std::i
   const std::int64_t quantized_before = geometry.quantized_after(before, 0);
   const std::int64_t quantized_after = geometry.quantized_after(before + count, quantized_before);
   const double quantized_tokens = static_cast<double>(quantized_after - quantized_before);
-  // Tokens that go to the sinks or stay in the window are written once in fp16 (a unit may also flush tokens that
-  // were already in the window, which is why this is clamped at zero).
-  const double fp16_tokens = std::max(0.0, static_cast<double>(count) - quantized_tokens);
+  // New tokens that end in the sinks or stay in the window are written once in fp16 (the quantized ones may include
+  // tokens that were already in the window).
+  const std::int64_t end = before + count;
+  const std::int64_t sink_rows = std::max<std::int64_t>(0, std::min<std::int64_t>(end, config.sink_tokens) - before);
+  const std::int64_t window_rows =
+      std::max<std::int64_t>(0, end - std::max<std::int64_t>({before, config.sink_tokens + quantized_after}));
+  const double fp16_tokens = static_cast<double>(sink_rows + window_rows);
   using Tier = typename Tiers::First;
   const double page_bytes_per_token = kvq::TierPageLayout<Tier>::bytes_per_quantized_token(config.page_tokens, kHeads);
   return kLayers * (quantized_tokens * page_bytes_per_token + fp16_tokens * kHeads * kHeadDim * 2 * 2);

@@ -116,7 +116,7 @@ void prefill_benchmark(benchmark::State& state, const kvq::CacheConfig& config) 
   auto keys = random_rows(kChunk, 3), values = random_rows(kChunk, 4);
   EventTimer timer;
   const auto chunk = [&] {
-    cache.reset(0);
+    cache.reset(0, stream.get());
     append(cache, kChunk, keys.get(), values.get(), stream.get());
   };
   timer.seconds(stream.get(), chunk);

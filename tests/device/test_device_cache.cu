@@ -49,6 +49,21 @@ void compare(const HostPagedKVCache<Tiers>& host, const cuda::PagedKVCache<Tiers
     CHECK(std::memcmp(got.pages.data(), expected.pages.data(), got.pages.size()) == 0);
     CHECK(std::memcmp(got.sinks.data(), expected.sinks.data(), got.sinks.size() * sizeof(f16)) == 0);
     CHECK(std::memcmp(got.window.data(), expected.window.data(), got.window.size() * sizeof(f16)) == 0);
+    // The device view addresses the same storage and the same bookkeeping as the host view.
+    const CacheLayerView hv = host.view(layer), dv = device.view(layer);
+    CHECK(dv.page_bytes == hv.page_bytes);
+    CHECK(dv.value_meta_offset == hv.value_meta_offset);
+    std::vector<std::uint8_t> pages(got.pages.size());
+    std::vector<std::int32_t> table(static_cast<std::size_t>(hv.max_sequences) * hv.max_pages_per_sequence);
+    std::vector<std::int64_t> lengths(hv.max_sequences), quantized(hv.max_sequences);
+    cuda::check(cudaMemcpy(pages.data(), dv.pages, pages.size(), cudaMemcpyDeviceToHost), "view pages");
+    cuda::check(cudaMemcpy(table.data(), dv.page_table, table.size() * 4, cudaMemcpyDeviceToHost), "view table");
+    cuda::check(cudaMemcpy(lengths.data(), dv.lengths, lengths.size() * 8, cudaMemcpyDeviceToHost), "view lengths");
+    cuda::check(cudaMemcpy(quantized.data(), dv.quantized, quantized.size() * 8, cudaMemcpyDeviceToHost), "view quantized");
+    CHECK(pages == got.pages);
+    CHECK(std::equal(table.begin(), table.end(), hv.page_table));
+    CHECK(std::equal(lengths.begin(), lengths.end(), hv.lengths));
+    CHECK(std::equal(quantized.begin(), quantized.end(), hv.quantized));
   }
 }
 
@@ -108,7 +123,8 @@ void run_both(const CacheConfig& config, std::uint32_t seed, int steps, SetParam
     } else {
       const int s = static_cast<int>(rng() % config.max_sequences);
       host.reset(s);
-      device.reset(s);
+      device.reset(s, nullptr);
+      compare(host, device, "reset");
     }
   }
 }

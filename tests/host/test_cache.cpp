@@ -480,3 +480,52 @@ TEST_CASE("finite inputs never become Inf in the cache: fp16 storage saturates")
     }
   }
 }
+
+TEST_CASE("a layer view finds every token without the cache's help, as an attention kernel would") {
+  CacheConfig config{.layers = 2, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 120, .page_tokens = 4,
+                     .sink_tokens = 2, .window_tokens = 3};
+  HostPagedKVCache<LayerTiers<Tier<Int4T, Int8T>>> cache(config, std::int64_t{1} << 30);
+  std::mt19937 rng(fresh_seed());
+  for (int step = 0; step < 12; ++step) {
+    const std::vector<int> sequences{0, 1};
+    const std::vector<std::int64_t> counts{1 + static_cast<std::int64_t>(rng() % 9), static_cast<std::int64_t>(rng() % 3)};
+    const auto plan = cache.reserve(sequences, counts);
+    for (int layer = 0; layer < 2; ++layer) {
+      const auto rows = make_input({plan.total_tokens, 2, 64}, rng());
+      cache.write<f16>(plan, layer, rows, rows);
+    }
+  }
+  cache.truncate(0, cache.sequences().sequence(0).length - 5);
+  for (int layer = 0; layer < 2; ++layer) {
+    const CacheLayerView v = cache.view(layer);
+    for (int s = 0; s < 2; ++s) {
+      REQUIRE(v.lengths[s] == cache.sequences().sequence(s).length);
+      for (std::int64_t t = 0; t < v.lengths[s]; ++t)
+        for (int h = 0; h < v.kv_heads; ++h) {
+          float key[64], value[64], expected_key[128], expected_value[128];
+          cache.read_token(layer, s, t, expected_key, expected_value);
+          const std::int64_t q = t - v.sink_tokens;
+          if (t < v.sink_tokens || q >= v.quantized[s]) {
+            const bool sink = t < v.sink_tokens;
+            const std::int64_t row = sink ? t : q % v.window_capacity;
+            const std::int64_t rows = sink ? v.sink_tokens : v.window_capacity;
+            const f16* k = (sink ? v.sink_keys : v.window_keys) + ((s * rows + row) * v.kv_heads + h) * 64;
+            const f16* val = (sink ? v.sink_values : v.window_values) + ((s * rows + row) * v.kv_heads + h) * 64;
+            for (int c = 0; c < 64; ++c) key[c] = to_float(k[c]), value[c] = to_float(val[c]);
+          } else {
+            const std::int32_t page = v.page_table[s * v.max_pages_per_sequence + q / v.page_tokens];
+            const std::uint8_t* head = v.pages + page * v.page_bytes + h * v.head_bytes;
+            const std::int64_t block = q % v.page_tokens;  // both policies are per-token: one block per token
+            Int4T::dequantize({head + block * Int4T::code_bytes_per_block, head + v.key_meta_offset + block * Int4T::meta_bytes_per_block},
+                              0, 0, 64, key, {});
+            Int8T::dequantize({head + v.value_code_offset + block * Int8T::code_bytes_per_block,
+                               head + v.value_meta_offset + block * Int8T::meta_bytes_per_block},
+                              0, 0, 64, value, {});
+          }
+          INFO("layer " << layer << " sequence " << s << " token " << t << " head " << h);
+          REQUIRE(std::memcmp(key, expected_key + h * 64, sizeof(key)) == 0);
+          REQUIRE(std::memcmp(value, expected_value + h * 64, sizeof(value)) == 0);
+        }
+    }
+  }
+}

@@ -16,6 +16,7 @@
 
 #include "kvq/cache/cache_config.hpp"
 #include "kvq/cache/layer_tiers.hpp"
+#include "kvq/cache/layer_view.hpp"
 #include "kvq/cache/page_layout.hpp"
 #include "kvq/cache/sequence_table.hpp"
 #include "kvq/core/element.hpp"
@@ -103,6 +104,7 @@ class HostPagedKVCache {
       l.params_set = Tiers::visit(l.tier, [&]<class Tier>() { return !needs_params<Tier>(); });
     }
     params_ = ParamsStorage(static_cast<std::size_t>(config_.layers));
+    mirror_.resize(config_.max_sequences, max_pages_per_sequence(config_));
   }
 
   [[nodiscard]] const CacheConfig& config() const { return config_; }
@@ -133,7 +135,9 @@ class HostPagedKVCache {
 
   AppendPlan reserve(std::span<const int> sequences, std::span<const std::int64_t> counts) {
     require_no_pending_append("append");
-    return table_.reserve(sequences, counts);
+    AppendPlan plan = table_.reserve(sequences, counts);
+    for (const AppendEntry& e : plan.entries) mirror_.update(table_, e.sequence);
+    return plan;
   }
 
   // Writes one layer's keys and values ([plan.total_tokens, kv_heads, head_dim], rows in plan order).
@@ -168,6 +172,7 @@ class HostPagedKVCache {
     require_no_pending_append("truncate");
     const std::vector<std::int32_t> old_pages = table_.sequence(sequence).pages;
     const auto t = table_.truncate(sequence, new_length);
+    mirror_.update(table_, sequence);
     const std::int64_t restore_end = std::min(t.new_length - config_.sink_tokens, t.old_quantized);
     for (int layer = 0; layer < config_.layers; ++layer) {
       Layer& l = layers_[static_cast<std::size_t>(layer)];
@@ -189,6 +194,7 @@ class HostPagedKVCache {
   void reset(int sequence) {
     require_no_pending_append("reset");
     table_.reset(sequence);
+    mirror_.update(table_, sequence);
   }
 
   // Token `token` of a sequence as attention sees it: fp16 sinks and window exactly, quantized tokens dequantized.
@@ -229,6 +235,22 @@ class HostPagedKVCache {
     check_layer(layer);
     const Layer& l = layers_[static_cast<std::size_t>(layer)];
     return {l.pages, l.sinks, l.window, l.page_bytes, l.tier};
+  }
+
+  // Pointers into this cache's host memory; valid until the cache is destroyed, contents as of the last call.
+  [[nodiscard]] CacheLayerView view(int layer) const {
+    check_layer(layer);
+    const Layer& l = layers_[static_cast<std::size_t>(layer)];
+    CacheLayerView v = layer_view<Tiers>(config_, l.tier, l.page_bytes);
+    v.pages = l.pages.data();
+    v.page_table = mirror_.page_table.data();
+    v.lengths = mirror_.lengths.data();
+    v.quantized = mirror_.quantized.data();
+    v.sink_keys = l.sinks.data();
+    v.sink_values = l.sinks.data() + l.sinks.size() / 2;
+    v.window_keys = l.window.data();
+    v.window_values = l.window.data() + l.window.size() / 2;
+    return v;
   }
 
  private:
@@ -403,6 +425,7 @@ class HostPagedKVCache {
   RopeTable<head_dim> rope_;
   std::vector<Layer> layers_;
   ParamsStorage params_;
+  SequenceMirror mirror_;
 };
 
 }  // namespace kvq

@@ -20,6 +20,7 @@
 #include "kvq/cache/cache_config.hpp"
 #include "kvq/cache/host_paged_cache.hpp"
 #include "kvq/cache/layer_tiers.hpp"
+#include "kvq/cache/layer_view.hpp"
 #include "kvq/cache/page_layout.hpp"
 #include "kvq/cache/sequence_table.hpp"
 #include "kvq/core/element.hpp"
@@ -225,8 +226,9 @@ class PagedKVCache {
   // mirror and the plan buffer.
   static CacheMemory required_memory(const CacheConfig& config) {
     CacheMemory memory = HostPagedKVCache<Tiers>::required_memory(config);
-    memory.bookkeeping_bytes = std::int64_t{config.max_sequences} * max_pages(config) * 4 +
-                               std::int64_t{config.max_sequences} * sizeof(detail::DeviceAppendEntry);
+    // Page-table rows, lengths and quantized counts (for views), and the plan buffer.
+    memory.bookkeeping_bytes = std::int64_t{config.max_sequences} * max_pages_per_sequence(config) * 4 +
+                               std::int64_t{config.max_sequences} * (8 + 8 + sizeof(detail::DeviceAppendEntry));
     return memory;
   }
 
@@ -262,13 +264,16 @@ class PagedKVCache {
         l.sinks = allocate<f16>(l.sink_elements);
         l.window = allocate<f16>(l.window_elements);
       }
-      page_table_ = allocate<std::int32_t>(std::int64_t{config_.max_sequences} * max_pages(config_));
+      page_table_ = allocate<std::int32_t>(std::int64_t{config_.max_sequences} * max_pages_per_sequence(config_));
+      lengths_ = allocate<std::int64_t>(config_.max_sequences);
+      quantized_ = allocate<std::int64_t>(config_.max_sequences);
       entries_ = allocate<detail::DeviceAppendEntry>(config_.max_sequences);
     } catch (...) {
       release();
       throw;
     }
     params_ = ParamsStorage(static_cast<std::size_t>(config_.layers));
+    mirror_.resize(config_.max_sequences, max_pages_per_sequence(config_));
   }
 
   PagedKVCache(const PagedKVCache&) = delete;
@@ -308,13 +313,8 @@ class PagedKVCache {
     if (!host_entries_.empty())
       check(cudaMemcpyAsync(entries_, host_entries_.data(), host_entries_.size() * sizeof(detail::DeviceAppendEntry),
                             cudaMemcpyHostToDevice, stream), "upload append plan");
-    for (const AppendEntry& e : plan.entries) {
-      const auto& pages = table_.sequence(e.sequence).pages;
-      if (!pages.empty())
-        check(cudaMemcpyAsync(page_table_ + std::int64_t{e.sequence} * max_pages(config_), pages.data(),
-                              pages.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream),
-              "upload page table");
-    }
+    for (const AppendEntry& e : plan.entries) mirror_.update(table_, e.sequence);
+    upload_mirror(sequences, stream);
     return plan;
   }
 
@@ -379,6 +379,7 @@ class PagedKVCache {
   void truncate(int sequence, std::int64_t new_length, cudaStream_t stream) {
     require_no_pending_append("truncate");
     const auto t = table_.truncate(sequence, new_length);
+    mirror_.update(table_, sequence);
     const std::int64_t restore_end = std::min(t.new_length - config_.sink_tokens, t.old_quantized);
     for (int layer = 0; layer < config_.layers; ++layer) {
       Layer& l = layers_[static_cast<std::size_t>(layer)];
@@ -392,11 +393,31 @@ class PagedKVCache {
         });
       }
     }
+    // After the restore kernels, which read the rows as they were (stream order).
+    upload_mirror(std::span(&sequence, 1), stream);
   }
 
-  void reset(int sequence) {
+  void reset(int sequence, cudaStream_t stream) {
     require_no_pending_append("reset");
     table_.reset(sequence);
+    mirror_.update(table_, sequence);
+    upload_mirror(std::span(&sequence, 1), stream);
+  }
+
+  // Device pointers for attention kernels; contents as of the last call on this cache's stream.
+  [[nodiscard]] CacheLayerView view(int layer) const {
+    check_layer(layer);
+    const Layer& l = layers_[static_cast<std::size_t>(layer)];
+    CacheLayerView v = layer_view<Tiers>(config_, l.tier, l.page_bytes);
+    v.pages = l.pages;
+    v.page_table = page_table_;
+    v.lengths = lengths_;
+    v.quantized = quantized_;
+    v.sink_keys = l.sinks;
+    v.sink_values = l.sinks + l.sink_elements / 2;
+    v.window_keys = l.window;
+    v.window_values = l.window + l.window_elements / 2;
+    return v;
   }
 
   // Copies of one layer's storage, for comparisons with the host cache (synchronous).
@@ -441,9 +462,17 @@ class PagedKVCache {
     std::uint64_t written = 0;
   };
 
-  static int max_pages(const CacheConfig& c) {
-    return static_cast<int>((std::max<std::int64_t>(0, c.max_tokens_per_sequence - c.sink_tokens) + c.page_tokens - 1) /
-                            c.page_tokens);
+  // Uploads the page-table rows of `sequences` and all lengths and quantized counts. Pageable sources: the copies
+  // are complete (staged) when the calls return, so the mirror can change afterwards.
+  void upload_mirror(std::span<const int> sequences, cudaStream_t stream) {
+    const std::size_t row = static_cast<std::size_t>(mirror_.max_pages);
+    for (int sequence : sequences)
+      check(cudaMemcpyAsync(page_table_ + sequence * row, mirror_.page_table.data() + sequence * row,
+                            row * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream), "upload page table");
+    check(cudaMemcpyAsync(lengths_, mirror_.lengths.data(), mirror_.lengths.size() * sizeof(std::int64_t),
+                          cudaMemcpyHostToDevice, stream), "upload lengths");
+    check(cudaMemcpyAsync(quantized_, mirror_.quantized.data(), mirror_.quantized.size() * sizeof(std::int64_t),
+                          cudaMemcpyHostToDevice, stream), "upload quantized counts");
   }
   static SequenceGeometry geometry(const CacheConfig& c) {
     return {c.sink_tokens, c.window_tokens, flush_tokens, c.page_tokens, c.max_tokens_per_sequence};
@@ -485,7 +514,7 @@ class PagedKVCache {
   }
 
   detail::LayerWrite<head_dim> layer_write(const Layer& l, int entry_count) const {
-    return {entries_, entry_count, page_table_, max_pages(config_), l.pages, l.page_bytes, l.head_bytes,
+    return {entries_, entry_count, page_table_, max_pages_per_sequence(config_), l.pages, l.page_bytes, l.head_bytes,
             l.sinks, l.window, l.sink_elements / 2, l.window_elements / 2, config_.sink_tokens, window_capacity(),
             config_.page_tokens, config_.kv_heads, config_.max_sequences,
             config_.key_position == KeyPosition::post_rope, config_.rope.style, rope_};
@@ -497,7 +526,10 @@ class PagedKVCache {
   RopeTable<head_dim> rope_;
   std::vector<Layer> layers_;
   ParamsStorage params_;
+  SequenceMirror mirror_;
   std::int32_t* page_table_ = nullptr;
+  std::int64_t* lengths_ = nullptr;
+  std::int64_t* quantized_ = nullptr;
   detail::DeviceAppendEntry* entries_ = nullptr;
   std::vector<detail::DeviceAppendEntry> host_entries_;
   std::vector<void*> allocations_;

@@ -265,6 +265,9 @@ class PagedKVCache {
         l.window = allocate<f16>(l.window_elements);
       }
       page_table_ = allocate<std::int32_t>(std::int64_t{config_.max_sequences} * max_pages_per_sequence(config_));
+      // -1 (all bits set) past every sequence's pages, as in the host mirror.
+      check(cudaMemset(page_table_, 0xFF, std::int64_t{config_.max_sequences} * max_pages_per_sequence(config_) * 4),
+            "device cache: cudaMemset page table");
       lengths_ = allocate<std::int64_t>(config_.max_sequences);
       quantized_ = allocate<std::int64_t>(config_.max_sequences);
       entries_ = allocate<detail::DeviceAppendEntry>(config_.max_sequences);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../support/policy_fixtures.hpp"
+#include "../support/device_buffer.cuh"
 #include "kvq/cache/host_paged_cache.hpp"
 #include "kvq/cuda/paged_cache.cuh"
 
@@ -19,23 +20,11 @@ using namespace kvq::testing;
 
 namespace {
 
-template <class T>
-struct DeviceBuffer {
-  T* data = nullptr;
-  explicit DeviceBuffer(const std::vector<T>& host) {
-    cuda::check(cudaMalloc(&data, host.size() * sizeof(T) + 2), "cudaMalloc");
-    if (!host.empty()) cuda::check(cudaMemcpy(data, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { cudaFree(data); }
-};
-
 struct DeviceArrays {
   std::vector<std::unique_ptr<DeviceBuffer<float>>> buffers;
   const float* add(const std::vector<float>& values) {
     buffers.push_back(std::make_unique<DeviceBuffer<float>>(values));
-    return buffers.back()->data;
+    return buffers.back()->get();
   }
 };
 
@@ -101,14 +90,14 @@ void run_both(const CacheConfig& config, std::uint32_t seed, int steps, SetParam
         if (step % 2 == 0) {
           host.template write<f16>(host_plan, layer, keys, values);
           DeviceBuffer<f16> device_keys(keys), device_values(values);
-          device.template write<f16>(device_plan, layer, device_keys.data, device_values.data, nullptr);
+          device.template write<f16>(device_plan, layer, device_keys.get(), device_values.get(), nullptr);
         } else {  // bf16 input, rounded to fp16 for the sinks and window on both sides
           std::vector<bf16> keys16(keys.size()), values16(values.size());
           for (std::size_t i = 0; i < keys.size(); ++i)
             keys16[i] = to_bf16(to_float(keys[i]) * 3.0f), values16[i] = to_bf16(to_float(values[i]) * 3.0f);
           host.template write<bf16>(host_plan, layer, keys16, values16);
           DeviceBuffer<bf16> device_keys(keys16), device_values(values16);
-          device.template write<bf16>(device_plan, layer, device_keys.data, device_values.data, nullptr);
+          device.template write<bf16>(device_plan, layer, device_keys.get(), device_values.get(), nullptr);
         }
         cuda::check(cudaDeviceSynchronize(), "write");
       }

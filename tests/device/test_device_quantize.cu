@@ -10,37 +10,13 @@
 #include <vector>
 
 #include "../support/policy_fixtures.hpp"
+#include "../support/device_buffer.cuh"
 #include "kvq/cuda/kvq.cuh"
 
 using namespace kvq;
 using namespace kvq::testing;
 
 namespace {
-
-template <class T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(std::size_t count, int fill_byte = 0) : count_(count) {
-    cuda::check(cudaMalloc(&data_, count * sizeof(T) + 1), "cudaMalloc");
-    cuda::check(cudaMemset(data_, fill_byte, count * sizeof(T) + 1), "cudaMemset");
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-    cuda::check(cudaMemcpy(data_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { cudaFree(data_); }
-  T* get() const { return data_; }
-  std::vector<T> download() const {
-    std::vector<T> host(count_);
-    cuda::check(cudaMemcpy(host.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost), "download");
-    return host;
-  }
-
- private:
-  T* data_ = nullptr;
-  std::size_t count_;
-};
 
 // Parameter arrays in device memory, built from the same seed as the host arrays.
 struct DeviceArrays {
@@ -90,7 +66,7 @@ void check_device_matches_host(std::int64_t tokens, int heads, std::uint32_t see
 
   DeviceBuffer<Element> device_input(input);
   DeviceBuffer<std::uint8_t> device_codes(codes.size(), 0xCD), device_meta(meta.size(), 0xCD);
-  DeviceBuffer<unsigned long long> poisoned(1);
+  DeviceBuffer<unsigned long long> poisoned(1, 0);
   cuda::quantize_tensor_async<P, Element>(device_input.get(), shape, device_codes.get(), device_meta.get(),
                                           device_params, poisoned.get(), nullptr);
   cuda::check(cudaDeviceSynchronize(), "quantize");
@@ -138,7 +114,7 @@ TEST_CASE_TEMPLATE("device quantize/dequantize is bit-identical to the host refe
 
 TEST_CASE("empty tensors launch nothing and report nothing") {
   using P = Int4Token;
-  DeviceBuffer<unsigned long long> poisoned(1);
+  DeviceBuffer<unsigned long long> poisoned(1, 0);
   cuda::quantize_tensor_async<P, f16>(nullptr, TensorShape{0, 8, 128}, nullptr, nullptr, {}, poisoned.get(), nullptr);
   cuda::dequantize_tensor_async<P, f16>(nullptr, nullptr, TensorShape{0, 8, 128}, nullptr, {}, Domain::original, nullptr);
   cuda::check(cudaDeviceSynchronize(), "sync");
@@ -169,7 +145,7 @@ __global__ void compare_converters(std::uint64_t begin, std::uint64_t count, uns
 }  // namespace
 
 TEST_CASE("hardware fp8/fp16/bf16 conversion equals kvq's software conversion on all 2^32 floats") {
-  DeviceBuffer<unsigned long long> mismatches(4);
+  DeviceBuffer<unsigned long long> mismatches(4, 0);
   compare_converters<<<132 * 16, 256>>>(0, std::uint64_t{1} << 32, mismatches.get());
   cuda::check_launch("compare_converters");
   cuda::check(cudaDeviceSynchronize(), "compare_converters");

@@ -14,38 +14,13 @@
 
 #include "../support/policy_fixtures.hpp"
 #include "kvq/core/rope.hpp"
+#include "../support/device_buffer.cuh"
 #include "kvq/cuda/error.cuh"
 
 using namespace kvq;
+using kvq::testing::DeviceBuffer;
 
 namespace {
-
-template <class T>
-class RopeDeviceBuffer {
- public:
-  explicit RopeDeviceBuffer(const std::vector<T>& host) : count_(host.size()) {
-    cuda::check(cudaMalloc(&data_, count_ * sizeof(T)), "cudaMalloc");
-    cuda::check(cudaMemcpy(data_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  }
-  explicit RopeDeviceBuffer(std::size_t count) : count_(count) {
-    cuda::check(cudaMalloc(&data_, count_ * sizeof(T)), "cudaMalloc");
-    // 0xFF bytes are a NaN in every float type, so an element the kernel failed to write cannot match.
-    cuda::check(cudaMemset(data_, 0xFF, count_ * sizeof(T)), "cudaMemset");
-  }
-  RopeDeviceBuffer(const RopeDeviceBuffer&) = delete;
-  RopeDeviceBuffer& operator=(const RopeDeviceBuffer&) = delete;
-  ~RopeDeviceBuffer() { cudaFree(data_); }
-  T* get() const { return data_; }
-  std::vector<T> download() const {
-    std::vector<T> host(count_);
-    cuda::check(cudaMemcpy(host.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost), "download");
-    return host;
-  }
-
- private:
-  T* data_ = nullptr;
-  std::size_t count_;
-};
 
 template <class T>
 std::size_t first_differing_element(const std::vector<T>& a, const std::vector<T>& b) {
@@ -110,8 +85,8 @@ void check_rope_matches_host(const RopeConfig& config, RopeStyle style, bool inv
       apply_rope<HeadDim>(x, positions[v], table, style);
   }
 
-  RopeDeviceBuffer<float> device_vectors(vectors);
-  RopeDeviceBuffer<std::int64_t> device_positions(positions);
+  DeviceBuffer<float> device_vectors(vectors);
+  DeviceBuffer<std::int64_t> device_positions(positions);
   rope_kernel<HeadDim><<<(count + 127) / 128, 128>>>(device_vectors.get(), device_positions.get(), count, table,
                                                      style, inverse);
   cuda::check_launch("rope_kernel");
@@ -153,8 +128,8 @@ TEST_CASE("device sincos_exact is bit-identical to the host") {
   std::vector<double> expected_sines(angles.size()), expected_cosines(angles.size());
   for (std::size_t i = 0; i < angles.size(); ++i) sincos_exact(angles[i], &expected_sines[i], &expected_cosines[i]);
 
-  RopeDeviceBuffer<double> device_angles(angles);
-  RopeDeviceBuffer<double> sines(angles.size()), cosines(angles.size());
+  DeviceBuffer<double> device_angles(angles);
+  DeviceBuffer<double> sines(angles.size(), 0xFF), cosines(angles.size(), 0xFF);
   sincos_kernel<<<132 * 8, 256>>>(device_angles.get(), angles.size(), sines.get(), cosines.get());
   cuda::check_launch("sincos_kernel");
   cuda::check(cudaDeviceSynchronize(), "sincos_kernel");

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "kvq/cache/cache_config.hpp"
-#include "kvq/cache/host_paged_cache.hpp"
+#include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_tiers.hpp"
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/cache/page_layout.hpp"
@@ -222,11 +222,10 @@ class PagedKVCache {
   static constexpr int head_dim = Tiers::head_dim;
   static constexpr int flush_tokens = Tiers::flush_tokens;
 
-  // Bytes of device memory the cache allocates: the host cache's pages, sinks and windows, plus the page-table
-  // mirror and the plan buffer.
+  // Bytes of device memory the cache allocates: the pages, sinks and windows the host cache would hold, plus the
+  // page-table rows, lengths and quantized counts (for views) and the plan buffer.
   static CacheMemory required_memory(const CacheConfig& config) {
-    CacheMemory memory = HostPagedKVCache<Tiers>::required_memory(config);
-    // Page-table rows, lengths and quantized counts (for views), and the plan buffer.
+    CacheMemory memory = CacheState<Tiers>::storage_memory(config);
     memory.bookkeeping_bytes = std::int64_t{config.max_sequences} * max_pages_per_sequence(config) * 4 +
                                std::int64_t{config.max_sequences} * (8 + 8 + sizeof(detail::DeviceAppendEntry));
     return memory;
@@ -234,78 +233,61 @@ class PagedKVCache {
 
   // Refuses, before allocating anything, a cache larger than `memory_budget` or than the device's free memory.
   PagedKVCache(CacheConfig config, std::int64_t memory_budget)
-      : config_(std::move(config)),
-        memory_(required_memory(config_)),
-        table_(config_.max_sequences, memory_.pool_pages, geometry(config_)),
-        rope_(make_rope_table<head_dim>(config_.rope)) {
-    require(memory_.total_bytes() <= memory_budget, ErrorCode::out_of_memory,
-            "device cache needs " + std::to_string(memory_.total_bytes()) + " bytes (pages " +
-                std::to_string(memory_.pool_bytes) + ", sinks " + std::to_string(memory_.sink_bytes) + ", windows " +
-                std::to_string(memory_.window_bytes) + ", bookkeeping " + std::to_string(memory_.bookkeeping_bytes) +
-                ") but the budget is " + std::to_string(memory_budget));
+      : state_(config, required_memory(config), memory_budget) {
+    const CacheConfig& c = state_.config();
+    const std::int64_t total = state_.memory().total_bytes();
     std::size_t free_bytes = 0, total_bytes = 0;
     check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
-    require(memory_.total_bytes() <= static_cast<std::int64_t>(free_bytes), ErrorCode::out_of_memory,
-            "device cache needs " + std::to_string(memory_.total_bytes()) + " bytes but the device has " +
-                std::to_string(free_bytes) + " free");
+    require(total <= static_cast<std::int64_t>(free_bytes), ErrorCode::out_of_memory,
+            "device cache needs " + std::to_string(total) + " bytes but the device has " + std::to_string(free_bytes) +
+                " free");
     try {
-      layers_.resize(static_cast<std::size_t>(config_.layers));
-      for (int layer = 0; layer < config_.layers; ++layer) {
+      layers_.resize(static_cast<std::size_t>(c.layers));
+      for (int layer = 0; layer < c.layers; ++layer) {
         Layer& l = layers_[static_cast<std::size_t>(layer)];
-        l.tier = HostPagedKVCache<Tiers>::tier_of(config_, layer);
+        l.tier = state_.tier(layer);
         Tiers::visit(l.tier, [&]<class Tier>() {
-          l.page_bytes = TierPageLayout<Tier>::page_bytes(config_.page_tokens, config_.kv_heads);
-          l.head_bytes = TierPageLayout<Tier>::head_bytes(config_.page_tokens);
-          l.params_set = std::is_empty_v<typename Tier::KeyPolicy::Params> && std::is_empty_v<typename Tier::ValuePolicy::Params>;
+          l.page_bytes = TierPageLayout<Tier>::page_bytes(c.page_tokens, c.kv_heads);
+          l.head_bytes = TierPageLayout<Tier>::head_bytes(c.page_tokens);
         });
-        l.pages = allocate<std::uint8_t>(l.page_bytes * memory_.pool_pages);
-        l.sink_elements = 2 * std::int64_t{config_.max_sequences} * config_.sink_tokens * row_elements();
-        l.window_elements = 2 * std::int64_t{config_.max_sequences} * window_capacity() * row_elements();
+        l.pages = allocate<std::uint8_t>(l.page_bytes * state_.memory().pool_pages);
+        l.sink_elements = 2 * std::int64_t{c.max_sequences} * c.sink_tokens * row_elements();
+        l.window_elements = 2 * std::int64_t{c.max_sequences} * window_capacity() * row_elements();
         l.sinks = allocate<f16>(l.sink_elements);
         l.window = allocate<f16>(l.window_elements);
       }
-      page_table_ = allocate<std::int32_t>(std::int64_t{config_.max_sequences} * max_pages_per_sequence(config_));
+      const std::int64_t table_entries = std::int64_t{c.max_sequences} * max_pages_per_sequence(c);
+      page_table_ = allocate<std::int32_t>(table_entries);
       // -1 (all bits set) past every sequence's pages, as in the host mirror.
-      check(cudaMemset(page_table_, 0xFF, std::int64_t{config_.max_sequences} * max_pages_per_sequence(config_) * 4),
-            "device cache: cudaMemset page table");
-      lengths_ = allocate<std::int64_t>(config_.max_sequences);
-      quantized_ = allocate<std::int64_t>(config_.max_sequences);
-      entries_ = allocate<detail::DeviceAppendEntry>(config_.max_sequences);
+      check(cudaMemset(page_table_, 0xFF, static_cast<std::size_t>(table_entries) * 4), "device cache: cudaMemset page table");
+      lengths_ = allocate<std::int64_t>(c.max_sequences);
+      quantized_ = allocate<std::int64_t>(c.max_sequences);
+      entries_ = allocate<detail::DeviceAppendEntry>(c.max_sequences);
     } catch (...) {
       release();
       throw;
     }
-    params_ = ParamsStorage(static_cast<std::size_t>(config_.layers));
-    mirror_.resize(config_.max_sequences, max_pages_per_sequence(config_));
   }
 
   PagedKVCache(const PagedKVCache&) = delete;
   PagedKVCache& operator=(const PagedKVCache&) = delete;
   ~PagedKVCache() { release(); }
 
-  [[nodiscard]] const CacheConfig& config() const { return config_; }
-  [[nodiscard]] const CacheMemory& memory() const { return memory_; }
-  [[nodiscard]] const SequenceTable& sequences() const { return table_; }
-  [[nodiscard]] int window_capacity() const { return config_.window_tokens + flush_tokens - 1; }
+  [[nodiscard]] const CacheConfig& config() const { return state_.config(); }
+  [[nodiscard]] const CacheMemory& memory() const { return state_.memory(); }
+  [[nodiscard]] const SequenceTable& sequences() const { return state_.sequences(); }
+  [[nodiscard]] int window_capacity() const { return state_.window_capacity(); }
   [[nodiscard]] std::int64_t allocated_bytes() const { return allocated_; }
 
   // Device pointers in the parameters (codebooks, thresholds) must stay valid while the cache is used.
   template <class Tier>
   void set_params(int layer, const typename Tier::KeyPolicy::Params& key, const typename Tier::ValuePolicy::Params& value) {
-    check_layer(layer);
-    Layer& l = layers_[static_cast<std::size_t>(layer)];
-    Tiers::visit(l.tier, [&]<class Actual>() {
-      require(std::is_same_v<Actual, Tier>, ErrorCode::invalid_argument,
-              "set_params: layer " + std::to_string(layer) + " uses tier " + std::to_string(l.tier) + ", not the one given");
-      if constexpr (std::is_same_v<Actual, Tier>) std::get<PerTier<Tier>>(params_[static_cast<std::size_t>(layer)]) = {key, value};
-    });
-    l.params_set = true;
+    state_.template set_params<Tier>(layer, key, value);
   }
 
   // As HostPagedKVCache::reserve; uploads the plan and the changed page-table rows on `stream`.
   AppendPlan reserve(std::span<const int> sequences, std::span<const std::int64_t> counts, cudaStream_t stream) {
-    require_no_pending_append("append");
-    AppendPlan plan = table_.reserve(sequences, counts);
+    AppendPlan plan = state_.reserve(sequences, counts);
     host_entries_.clear();
     std::int64_t unit = 0;
     for (const AppendEntry& e : plan.entries) {
@@ -316,7 +298,6 @@ class PagedKVCache {
     if (!host_entries_.empty())
       check(cudaMemcpyAsync(entries_, host_entries_.data(), host_entries_.size() * sizeof(detail::DeviceAppendEntry),
                             cudaMemcpyHostToDevice, stream), "upload append plan");
-    for (const AppendEntry& e : plan.entries) mirror_.update(table_, e.sequence);
     upload_mirror(sequences, stream);
     return plan;
   }
@@ -327,13 +308,8 @@ class PagedKVCache {
   template <TensorElement T>
   void write(const AppendPlan& plan, int layer, const T* keys, const T* values, cudaStream_t stream,
              unsigned long long* poisoned_groups = nullptr) {
-    check_layer(layer);
+    state_.check_write(plan, layer);
     Layer& l = layers_[static_cast<std::size_t>(layer)];
-    require(plan.generation == table_.generation(), ErrorCode::invalid_argument, "write: the plan is not the latest reservation");
-    require(l.written < plan.generation, ErrorCode::invalid_argument,
-            "write: layer " + std::to_string(layer) + " was already written for this reservation");
-    require(l.params_set, ErrorCode::invalid_argument,
-            "write: layer " + std::to_string(layer) + " needs set_params() for its policies first");
     require(plan.total_tokens == 0 || (keys != nullptr && values != nullptr), ErrorCode::invalid_argument,
             "write: null keys or values");
     if (plan.total_tokens > 0) {
@@ -342,19 +318,19 @@ class PagedKVCache {
         using Key = typename Tier::KeyPolicy;
         using Value = typename Tier::ValuePolicy;
         using Layout = TierPageLayout<Tier>;
-        const auto& params = std::get<PerTier<Tier>>(params_[static_cast<std::size_t>(layer)]);
+        const auto& params = state_.template params<Tier>(layer);
         if (plan.flush_units > 0) {
           // Keys and values of the units leaving the window, in one launch.
           using KeySource = detail::FlushSource<Key, T, flush_tokens>;
           using ValueSource = detail::FlushSource<Value, T, flush_tokens>;
-          const KeySource key_source{w, keys, plan.flush_units, 0, Layout::key_meta_offset(config_.page_tokens), true};
-          const ValueSource value_source{w, values, plan.flush_units, Layout::value_code_offset(config_.page_tokens),
-                                         Layout::value_meta_offset(config_.page_tokens), false};
+          const KeySource key_source{w, keys, plan.flush_units, 0, Layout::key_meta_offset(config().page_tokens), true};
+          const ValueSource value_source{w, values, plan.flush_units, Layout::value_code_offset(config().page_tokens),
+                                         Layout::value_meta_offset(config().page_tokens), false};
           namespace staged = kvq::cuda::detail;
           const int key_ctas = staged::grid_for_tiles(
-              plan.flush_units * config_.kv_heads * (flush_tokens / Key::tokens_per_block), staged::blocks_per_tile<Key>);
+              plan.flush_units * config().kv_heads * (flush_tokens / Key::tokens_per_block), staged::blocks_per_tile<Key>);
           const int value_ctas = staged::grid_for_tiles(
-              plan.flush_units * config_.kv_heads * (flush_tokens / Value::tokens_per_block), staged::blocks_per_tile<Value>);
+              plan.flush_units * config().kv_heads * (flush_tokens / Value::tokens_per_block), staged::blocks_per_tile<Value>);
           constexpr int threads = std::max(staged::quantize_threads<Key>, staged::quantize_threads<Value>);
           staged::staged_quantize_pair_kernel<Key, KeySource, Value, ValueSource>
               <<<key_ctas + value_ctas, threads, 0, stream>>>(key_source, params.key, key_ctas, value_source,
@@ -365,32 +341,30 @@ class PagedKVCache {
       // Rows that end in the sinks or the window; none when every new token is quantized straight away.
       std::int64_t fp16_rows = 0;
       for (const AppendEntry& e : plan.entries)
-        fp16_rows += std::max<std::int64_t>(0, std::min<std::int64_t>(e.old_length + e.count, config_.sink_tokens) - e.old_length) +
+        fp16_rows += std::max<std::int64_t>(0, std::min<std::int64_t>(e.old_length + e.count, config().sink_tokens) - e.old_length) +
                      std::max<std::int64_t>(0, e.old_length + e.count -
-                                                   std::max<std::int64_t>(e.old_length, config_.sink_tokens + e.new_quantized));
+                                                   std::max<std::int64_t>(e.old_length, config().sink_tokens + e.new_quantized));
       if (fp16_rows > 0) {
         constexpr int threads = 256;
         detail::write_fp16_kernel<head_dim, T>
-            <<<grid_for(plan.total_tokens * config_.kv_heads * head_dim, threads), threads, 0, stream>>>(
+            <<<grid_for(plan.total_tokens * config().kv_heads * head_dim, threads), threads, 0, stream>>>(
                 w, keys, values, plan.total_tokens);
         check_launch("kvq::cuda::PagedKVCache::write (fp16)");
       }
     }
-    l.written = plan.generation;
+    state_.mark_written(plan, layer);
   }
 
   void truncate(int sequence, std::int64_t new_length, cudaStream_t stream) {
-    require_no_pending_append("truncate");
-    const auto t = table_.truncate(sequence, new_length);
-    mirror_.update(table_, sequence);
-    const std::int64_t restore_end = std::min(t.new_length - config_.sink_tokens, t.old_quantized);
-    for (int layer = 0; layer < config_.layers; ++layer) {
+    const auto t = state_.truncate(sequence, new_length);
+    const std::int64_t restore_end = std::min(t.new_length - config().sink_tokens, t.old_quantized);
+    for (int layer = 0; layer < config().layers; ++layer) {
       Layer& l = layers_[static_cast<std::size_t>(layer)];
       if (restore_end > t.new_quantized) {
         Tiers::visit(l.tier, [&]<class Tier>() {
-          const auto& params = std::get<PerTier<Tier>>(params_[static_cast<std::size_t>(layer)]);
+          const auto& params = state_.template params<Tier>(layer);
           const std::int64_t count = restore_end - t.new_quantized;
-          detail::restore_window_kernel<Tier><<<grid_for(count * config_.kv_heads, 128), 128, 0, stream>>>(
+          detail::restore_window_kernel<Tier><<<grid_for(count * config().kv_heads, 128), 128, 0, stream>>>(
               layer_write(l, 0), sequence, t.new_quantized, count, params.key, params.value);
           check_launch("kvq::cuda::PagedKVCache::truncate");
         });
@@ -401,17 +375,15 @@ class PagedKVCache {
   }
 
   void reset(int sequence, cudaStream_t stream) {
-    require_no_pending_append("reset");
-    table_.reset(sequence);
-    mirror_.update(table_, sequence);
+    state_.reset(sequence);
     upload_mirror(std::span(&sequence, 1), stream);
   }
 
   // Device pointers for attention kernels; contents as of the last call on this cache's stream.
   [[nodiscard]] CacheLayerView view(int layer) const {
-    check_layer(layer);
+    state_.check_layer(layer);
     const Layer& l = layers_[static_cast<std::size_t>(layer)];
-    CacheLayerView v = layer_view<Tiers>(config_, l.tier, l.page_bytes);
+    CacheLayerView v = layer_view<Tiers>(config(), l.tier, l.page_bytes);
     v.pages = l.pages;
     v.page_table = page_table_;
     v.lengths = lengths_;
@@ -429,9 +401,9 @@ class PagedKVCache {
     std::vector<f16> sinks, window;
   };
   [[nodiscard]] HostCopy download(int layer) const {
-    check_layer(layer);
+    state_.check_layer(layer);
     const Layer& l = layers_[static_cast<std::size_t>(layer)];
-    HostCopy copy{std::vector<std::uint8_t>(static_cast<std::size_t>(l.page_bytes * memory_.pool_pages)),
+    HostCopy copy{std::vector<std::uint8_t>(static_cast<std::size_t>(l.page_bytes * memory().pool_pages)),
                   std::vector<f16>(static_cast<std::size_t>(l.sink_elements)),
                   std::vector<f16>(static_cast<std::size_t>(l.window_elements))};
     check(cudaDeviceSynchronize(), "download: synchronize");
@@ -442,59 +414,32 @@ class PagedKVCache {
   }
 
  private:
-  template <class Tier>
-  struct PerTier {
-    typename Tier::KeyPolicy::Params key{};
-    typename Tier::ValuePolicy::Params value{};
-  };
-  template <class List>
-  struct ParamsTuple;
-  template <class... Ts>
-  struct ParamsTuple<LayerTiers<Ts...>> {
-    using type = std::tuple<PerTier<Ts>...>;
-  };
-  using ParamsStorage = std::vector<typename ParamsTuple<Tiers>::type>;
-
   struct Layer {
     int tier = 0;
     std::int64_t page_bytes = 0, head_bytes = 0, sink_elements = 0, window_elements = 0;
     std::uint8_t* pages = nullptr;
     f16* sinks = nullptr;
     f16* window = nullptr;
-    bool params_set = false;
-    std::uint64_t written = 0;
   };
 
   // Uploads the page-table rows of `sequences` and all lengths and quantized counts. Pageable sources: the copies
   // are complete (staged) when the calls return, so the mirror can change afterwards.
   void upload_mirror(std::span<const int> sequences, cudaStream_t stream) {
-    const std::size_t row = static_cast<std::size_t>(mirror_.max_pages);
+    const SequenceMirror& mirror = state_.mirror();
+    const std::size_t row = static_cast<std::size_t>(mirror.max_pages);
     for (int sequence : sequences)
-      check(cudaMemcpyAsync(page_table_ + sequence * row, mirror_.page_table.data() + sequence * row,
+      check(cudaMemcpyAsync(page_table_ + sequence * row, mirror.page_table.data() + sequence * row,
                             row * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream), "upload page table");
-    check(cudaMemcpyAsync(lengths_, mirror_.lengths.data(), mirror_.lengths.size() * sizeof(std::int64_t),
+    check(cudaMemcpyAsync(lengths_, mirror.lengths.data(), mirror.lengths.size() * sizeof(std::int64_t),
                           cudaMemcpyHostToDevice, stream), "upload lengths");
-    check(cudaMemcpyAsync(quantized_, mirror_.quantized.data(), mirror_.quantized.size() * sizeof(std::int64_t),
+    check(cudaMemcpyAsync(quantized_, mirror.quantized.data(), mirror.quantized.size() * sizeof(std::int64_t),
                           cudaMemcpyHostToDevice, stream), "upload quantized counts");
-  }
-  static SequenceGeometry geometry(const CacheConfig& c) {
-    return {c.sink_tokens, c.window_tokens, flush_tokens, c.page_tokens, c.max_tokens_per_sequence};
   }
   static int grid_for(std::int64_t items, int threads) {
     const std::int64_t blocks = (items + threads - 1) / threads;
     return static_cast<int>(std::clamp<std::int64_t>(blocks, 1, 65535 * 16));
   }
-  [[nodiscard]] std::int64_t row_elements() const { return std::int64_t{config_.kv_heads} * head_dim; }
-  void require_no_pending_append(const char* operation) const {
-    for (int layer = 0; layer < config_.layers; ++layer)
-      require(layers_[static_cast<std::size_t>(layer)].written == table_.generation(), ErrorCode::invalid_argument,
-              std::string(operation) + ": layer " + std::to_string(layer) +
-                  " has not been written for the current append yet; write every layer first");
-  }
-  void check_layer(int layer) const {
-    require(layer >= 0 && layer < config_.layers, ErrorCode::invalid_argument,
-            "layer " + std::to_string(layer) + " is outside [0, " + std::to_string(config_.layers) + ")");
-  }
+  [[nodiscard]] std::int64_t row_elements() const { return std::int64_t{config().kv_heads} * head_dim; }
 
   template <class T>
   T* allocate(std::int64_t count) {
@@ -517,19 +462,15 @@ class PagedKVCache {
   }
 
   detail::LayerWrite<head_dim> layer_write(const Layer& l, int entry_count) const {
-    return {entries_, entry_count, page_table_, max_pages_per_sequence(config_), l.pages, l.page_bytes, l.head_bytes,
-            l.sinks, l.window, l.sink_elements / 2, l.window_elements / 2, config_.sink_tokens, window_capacity(),
-            config_.page_tokens, config_.kv_heads, config_.max_sequences,
-            config_.key_position == KeyPosition::post_rope, config_.rope.style, rope_};
+    const CacheConfig& c = config();
+    return {entries_, entry_count, page_table_, max_pages_per_sequence(c), l.pages, l.page_bytes, l.head_bytes,
+            l.sinks, l.window, l.sink_elements / 2, l.window_elements / 2, c.sink_tokens, window_capacity(),
+            c.page_tokens, c.kv_heads, c.max_sequences, c.key_position == KeyPosition::post_rope, c.rope.style,
+            state_.rope_table()};
   }
 
-  CacheConfig config_;
-  CacheMemory memory_;
-  SequenceTable table_;
-  RopeTable<head_dim> rope_;
+  CacheState<Tiers> state_;
   std::vector<Layer> layers_;
-  ParamsStorage params_;
-  SequenceMirror mirror_;
   std::int32_t* page_table_ = nullptr;
   std::int64_t* lengths_ = nullptr;
   std::int64_t* quantized_ = nullptr;

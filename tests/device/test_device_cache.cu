@@ -20,13 +20,6 @@ using namespace kvq::testing;
 
 namespace {
 
-struct DeviceArrays {
-  std::vector<std::unique_ptr<DeviceBuffer<float>>> buffers;
-  const float* add(const std::vector<float>& values) {
-    buffers.push_back(std::make_unique<DeviceBuffer<float>>(values));
-    return buffers.back()->get();
-  }
-};
 
 template <class Tiers>
 void compare(const HostPagedKVCache<Tiers>& host, const cuda::PagedKVCache<Tiers>& device, const char* after) {

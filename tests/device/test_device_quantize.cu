@@ -18,14 +18,6 @@ using namespace kvq::testing;
 
 namespace {
 
-// Parameter arrays in device memory, built from the same seed as the host arrays.
-struct DeviceArrays {
-  std::vector<std::unique_ptr<DeviceBuffer<float>>> buffers;
-  const float* add(const std::vector<float>& values) {
-    buffers.push_back(std::make_unique<DeviceBuffer<float>>(values));
-    return buffers.back()->get();
-  }
-};
 
 template <class T>
 bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #include "kvq/cuda/error.cuh"
@@ -36,6 +37,16 @@ class DeviceBuffer {
  private:
   T* data_ = nullptr;
   std::size_t count_;
+};
+
+// Parameter arrays (codebooks, thresholds) in device memory, for ParamsBuilder: built from the same seed as the
+// host arrays, so host and device policies read the same values.
+struct DeviceArrays {
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> buffers;
+  const float* add(const std::vector<float>& values) {
+    buffers.push_back(std::make_unique<DeviceBuffer<float>>(values));
+    return buffers.back()->get();
+  }
 };
 
 }  // namespace kvq::testing

@@ -76,23 +76,21 @@ struct LayerWrite {
   RopeStyle style;
   RopeTable<HeadDim> rope;
 
-  // The entry holding unit `unit` (entries are in plan order, first_unit ascending).
-  __device__ const DeviceAppendEntry& entry_of_unit(std::int64_t unit) const {
+  // The last entry whose `Field` is <= value: entries are in plan order, so first_unit and input_offset ascend.
+  template <std::int64_t DeviceAppendEntry::*Field>
+  __device__ const DeviceAppendEntry& last_entry_at_most(std::int64_t value) const {
     int low = 0, high = entry_count - 1;
     while (low < high) {
       const int mid = (low + high + 1) / 2;
-      if (entries[mid].first_unit <= unit) low = mid; else high = mid - 1;
+      if (entries[mid].*Field <= value) low = mid; else high = mid - 1;
     }
     return entries[low];
   }
-  // The entry holding input row `row` (input_offset ascending).
+  __device__ const DeviceAppendEntry& entry_of_unit(std::int64_t unit) const {
+    return last_entry_at_most<&DeviceAppendEntry::first_unit>(unit);
+  }
   __device__ const DeviceAppendEntry& entry_of_row(std::int64_t row) const {
-    int low = 0, high = entry_count - 1;
-    while (low < high) {
-      const int mid = (low + high + 1) / 2;
-      if (entries[mid].input_offset <= row) low = mid; else high = mid - 1;
-    }
-    return entries[low];
+    return last_entry_at_most<&DeviceAppendEntry::input_offset>(row);
   }
 };
 

@@ -120,6 +120,9 @@ void quantize_tensor_async(const T* input, const TensorShape& shape, std::uint8_
   const QuantizedTensorLayout<P> layout{shape};
   layout.validate();
   if (layout.blocks() == 0) return;
+  // Records leave the kernel as whole words (codes) and half-words (metadata).
+  require(reinterpret_cast<std::uintptr_t>(codes) % 4 == 0 && reinterpret_cast<std::uintptr_t>(meta) % 2 == 0,
+          ErrorCode::invalid_argument, "quantize_tensor_async: codes must be 4-byte and meta 2-byte aligned");
   detail::staged_quantize_kernel<P><<<detail::grid_for_tiles(layout.blocks(), detail::blocks_per_tile<P>),
                                       detail::quantize_threads<P>, 0, stream>>>(
       detail::TensorSource<P, T>{input, shape, codes, meta}, params, poisoned_groups);

@@ -145,13 +145,7 @@ TEST_CASE("device apply_rope and apply_inverse_rope are bit-identical to the hos
   const std::uint32_t seed = testing::fresh_seed();
   INFO("seed " << seed);
   const RopeConfig llama3_unscaled{};
-  const RopeConfig llama31_8b{.theta = 500000.0f,
-                              .style = RopeStyle::half_split,
-                              .scaling = RopeScaling::llama3,
-                              .factor = 8.0f,
-                              .low_freq_factor = 1.0f,
-                              .high_freq_factor = 4.0f,
-                              .original_max_position = 8192};
+  const RopeConfig llama31_8b = testing::llama31_8b_rope;
   RopeConfig llama2{};
   llama2.theta = 10000.0f;
   std::uint32_t case_seed = seed;

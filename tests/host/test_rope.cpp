@@ -127,13 +127,7 @@ std::vector<float> float32_inverse_frequencies(const RopeConfig& config) {
   return result;
 }
 
-constexpr RopeConfig llama31_8b{.theta = 500000.0f,
-                                .style = RopeStyle::half_split,
-                                .scaling = RopeScaling::llama3,
-                                .factor = 8.0f,
-                                .low_freq_factor = 1.0f,
-                                .high_freq_factor = 4.0f,
-                                .original_max_position = 8192};
+constexpr RopeConfig llama31_8b = testing::llama31_8b_rope;
 
 // ---- apply_rope helpers ----------------------------------------------------------------------------------------
 int first_of_pair(int pair, RopeStyle style) { return style == RopeStyle::interleaved ? 2 * pair : pair; }

@@ -47,6 +47,15 @@ using RotatedOutliersNuq3 = RotatedPolicy<
       kvq::testing::Nuq2Raw, kvq::testing::OutliersInt4, kvq::testing::OutliersThresholdInt3Channel,            \
       kvq::testing::RotatedInt4, kvq::testing::RotatedOutliersNuq3
 
+// RoPE of Llama-3.1-8B (config.json: rope_theta 500000, rope_scaling llama3 with these factors).
+inline constexpr RopeConfig llama31_8b_rope{.theta = 500000.0f,
+                                            .style = RopeStyle::half_split,
+                                            .scaling = RopeScaling::llama3,
+                                            .factor = 8.0f,
+                                            .low_freq_factor = 1.0f,
+                                            .high_freq_factor = 4.0f,
+                                            .original_max_position = 8192};
+
 // ---- random inputs ---------------------------------------------------------------------------------------------
 inline std::uint32_t fresh_seed() { return std::random_device{}(); }
 

@@ -276,6 +276,12 @@ class PagedKVCache {
   [[nodiscard]] const SequenceTable& sequences() const { return state_.sequences(); }
   [[nodiscard]] int window_capacity() const { return state_.window_capacity(); }
   [[nodiscard]] std::int64_t allocated_bytes() const { return allocated_; }
+  [[nodiscard]] const RopeTable<head_dim>& rope_table() const { return state_.rope_table(); }
+  [[nodiscard]] int tier(int layer) const { return state_.tier(layer); }
+  template <class Tier>
+  [[nodiscard]] const TierParams<Tier>& params(int layer) const {
+    return state_.template params<Tier>(layer);
+  }
 
   // Device pointers in the parameters (codebooks, thresholds) must stay valid while the cache is used.
   template <class Tier>

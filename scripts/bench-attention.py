@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Decode-attention comparison on one GPU, in one script: kvq's fused kernel (benchmarks/bench_attention.cu) against
+PyTorch scaled_dot_product_attention(..., enable_gqa=True) in fp16, same shapes (one Llama-3-8B layer: 32 query heads,
+8 KV heads, head_dim 128, one query token per sequence). Synthetic data; no model weights.
+
+usage: scripts/bench-attention.py BENCH_BINARY OUT_DIR [--filter REGEX]
+Writes OUT_DIR/bench_attention.json (kvq), OUT_DIR/sdpa.json and OUT_DIR/attention_table.md, and prints the table.
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def sdpa_time(batch, context, calls=20, reps=15):
+    q = torch.randn(batch, 32, 1, 128, device="cuda", dtype=torch.float16)
+    k = torch.randn(batch, 8, context, 128, device="cuda", dtype=torch.float16)
+    v = torch.randn_like(k)
+    for _ in range(3):
+        F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) / calls * 1e3)  # us
+    del q, k, v
+    torch.cuda.empty_cache()
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("binary")
+    parser.add_argument("out")
+    parser.add_argument("--filter", default=".")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    kvq_json = os.path.join(args.out, "bench_attention.json")
+    run = subprocess.run([args.binary, "--benchmark_min_time=0.1", "--benchmark_repetitions=3",
+                          "--benchmark_report_aggregates_only=true", f"--benchmark_filter={args.filter}",
+                          f"--benchmark_out={kvq_json}", "--benchmark_out_format=json"],
+                         capture_output=True, text=True)
+    with open(os.path.join(args.out, "bench_attention.txt"), "w") as log:
+        log.write(run.stdout + run.stderr)
+    if run.returncode != 0:
+        print(run.stdout[-3000:], run.stderr[-3000:])
+        sys.exit(run.returncode)
+    header = [line for line in run.stdout.splitlines() if line.startswith(("GPU", "fp16 copy"))]
+    results = {}
+    for b in json.load(open(kvq_json))["benchmarks"]:
+        if b.get("aggregate_name") != "median":
+            continue
+        name = b["run_name"]  # attention/<policy>/batch:B/context:T
+        _, policy, batch, context = name.split("/")
+        key = (policy, int(batch.split(":")[1]), int(context.split(":")[1]))
+        results[key] = b
+    shapes = sorted({(k[1], k[2]) for k in results})
+    sdpa = {}
+    for batch, context in shapes:
+        try:
+            sdpa[(batch, context)] = sdpa_time(batch, context)
+        except torch.OutOfMemoryError:
+            sdpa[(batch, context)] = None
+    json.dump({f"{b}x{t}": us for (b, t), us in sdpa.items()}, open(os.path.join(args.out, "sdpa.json"), "w"), indent=1)
+
+    lines = [f"GPU: {torch.cuda.get_device_name()}  date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC  "
+             f"torch {torch.__version__}", *header, "",
+             "| policy | batch | context | kvq us | bits/elem | splits | GB/s | % of copy | SDPA fp16 us | speedup vs SDPA | vs kvq fp16 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (policy, batch, context), b in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        us = b["real_time"]
+        gbps = b["bytes_read"] / (us * 1e-6) / 1e9
+        frac = gbps / b["copy_GB/s"]
+        base = sdpa.get((batch, context))
+        fp16 = results.get(("fp16", batch, context))
+        lines.append(f"| {policy} | {batch} | {context} | {us:.1f} | {b['bits_per_elem']:.2f} | {int(b['splits'])} | "
+                     f"{gbps:.0f} | {100 * frac:.0f}% | {base:.1f} | {base / us:.2f}x | "
+                     f"{(fp16['real_time'] / us) if fp16 else float('nan'):.2f}x |" if base else
+                     f"| {policy} | {batch} | {context} | {us:.1f} | {b['bits_per_elem']:.2f} | {int(b['splits'])} | "
+                     f"{gbps:.0f} | {100 * frac:.0f}% | n/a | n/a | n/a |")
+    table = "\n".join(lines)
+    open(os.path.join(args.out, "attention_table.md"), "w").write(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

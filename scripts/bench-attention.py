@@ -3,13 +3,14 @@
 PyTorch scaled_dot_product_attention(..., enable_gqa=True) in fp16, same shapes (one Llama-3-8B layer: 32 query heads,
 8 KV heads, head_dim 128, one query token per sequence). Synthetic data; no model weights.
 
-usage: scripts/bench-attention.py BENCH_BINARY OUT_DIR [--filter REGEX]
+usage: scripts/bench-attention.py BENCH_BINARY OUT_DIR [--filter REGEX] [--repetitions N]
 Writes OUT_DIR/bench_attention.json (kvq), OUT_DIR/sdpa.json and OUT_DIR/attention_table.md, and prints the table.
 """
 import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,10 +44,11 @@ def main():
     parser.add_argument("binary")
     parser.add_argument("out")
     parser.add_argument("--filter", default=".")
+    parser.add_argument("--repetitions", type=int, default=3)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     kvq_json = os.path.join(args.out, "bench_attention.json")
-    run = subprocess.run([args.binary, "--benchmark_min_time=0.1", "--benchmark_repetitions=3",
+    run = subprocess.run([args.binary, "--benchmark_min_time=0.1", f"--benchmark_repetitions={args.repetitions}",
                           "--benchmark_report_aggregates_only=true", f"--benchmark_filter={args.filter}",
                           f"--benchmark_out={kvq_json}", "--benchmark_out_format=json"],
                          capture_output=True, text=True)
@@ -57,11 +59,13 @@ def main():
         sys.exit(run.returncode)
     header = [line for line in run.stdout.splitlines() if line.startswith(("GPU", "fp16 copy"))]
     results = {}
-    for b in json.load(open(kvq_json))["benchmarks"]:
-        if b.get("aggregate_name") != "median":
+    # Google Benchmark writes nan/inf unquoted for some aggregates of counters; make the file valid JSON first.
+    text = re.sub(r'(?<=[:\[,\s])-?(nan|inf)(?=[,\s\]}])', "null", open(kvq_json).read())
+    for b in json.loads(text)["benchmarks"]:
+        if b.get("aggregate_name", "median") != "median":
             continue
-        name = b["run_name"]  # attention/<policy>/batch:B/context:T
-        _, policy, batch, context = name.split("/")
+        name = b["run_name"]  # attention/<policy>/batch:B/context:T/manual_time
+        _, policy, batch, context = name.split("/")[:4]
         key = (policy, int(batch.split(":")[1]), int(context.split(":")[1]))
         results[key] = b
     shapes = sorted({(k[1], k[2]) for k in results})

@@ -45,11 +45,11 @@ struct QuantizedTokenRef {
 };
 
 template <class Tier>
-KVQ_HOST_DEVICE KVQ_INLINE QuantizedTokenRef<Tier> quantized_token(const CacheLayerView& v, const std::int32_t* page_row,
-                                                                   int page_slot, int token_in_page, int head) {
+KVQ_HOST_DEVICE KVQ_INLINE QuantizedTokenRef<Tier> quantized_token_in_page(const CacheLayerView& v, std::int32_t page,
+                                                                           int token_in_page, int head) {
   using K = typename Tier::KeyPolicy;
   using V = typename Tier::ValuePolicy;
-  const std::uint8_t* base = v.pages + page_row[page_slot] * v.page_bytes + head * v.head_bytes;
+  const std::uint8_t* base = v.pages + page * v.page_bytes + head * v.head_bytes;
   const int key_block = token_in_page / K::tokens_per_block, value_block = token_in_page / V::tokens_per_block;
   return {{base + key_block * K::code_bytes_per_block, base + v.key_meta_offset + key_block * K::meta_bytes_per_block},
           {base + v.value_code_offset + value_block * V::code_bytes_per_block,
@@ -62,8 +62,7 @@ template <class Tier>
 KVQ_HOST_DEVICE KVQ_INLINE QuantizedTokenRef<Tier> quantized_token(const CacheLayerView& v, int sequence,
                                                                    std::int64_t index, int head) {
   const std::int32_t* row = v.page_table + std::int64_t{sequence} * v.max_pages_per_sequence;
-  return quantized_token<Tier>(v, row, static_cast<int>(index / v.page_tokens), static_cast<int>(index % v.page_tokens),
-                               head);
+  return quantized_token_in_page<Tier>(v, row[index / v.page_tokens], static_cast<int>(index % v.page_tokens), head);
 }
 
 }  // namespace kvq

@@ -41,14 +41,22 @@ namespace detail {
 
 // Channels one lane owns, lanes per token and token slots per warp for a head size and group width: registers
 // hold channels_per_lane x group_width query values and as many accumulators.
+// Tuning knobs (compile definitions) for experiments; the defaults are what docs/benchmarks.md measured.
+#ifndef KVQ_DECODE_CHANNELS_PER_LANE
+#define KVQ_DECODE_CHANNELS_PER_LANE 16
+#endif
+#ifndef KVQ_DECODE_TOKENS_PER_STEP
+#define KVQ_DECODE_TOKENS_PER_STEP 2
+#endif
+
 template <int HeadDim, int GroupWidth>
 struct DecodeGeometry {
-  static constexpr int channels_per_lane = GroupWidth <= 4 ? 16 : 8;
+  static constexpr int channels_per_lane = GroupWidth <= 4 ? KVQ_DECODE_CHANNELS_PER_LANE : 8;
   static constexpr int lanes_per_token = HeadDim / channels_per_lane;
   static constexpr int workers = 32 / lanes_per_token;
   static constexpr int warps = 4;
   static constexpr int threads = 32 * warps;
-  static constexpr int tokens_per_step = 2;  // tokens a slot loads before it computes (loads in flight)
+  static constexpr int tokens_per_step = KVQ_DECODE_TOKENS_PER_STEP;  // tokens a slot loads before it computes
   static_assert(HeadDim % channels_per_lane == 0 && lanes_per_token >= 2 && lanes_per_token <= 32 &&
                     (lanes_per_token & (lanes_per_token - 1)) == 0,
                 "kvq: decode attention supports head_dim 32, 64, 128 and 256");
@@ -198,16 +206,27 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
     // Pages.
     const std::int32_t* page_row = v.page_table + std::int64_t{sequence} * v.max_pages_per_sequence;
     const std::int64_t q_from = max(begin, sinks), q_to = min(end, sinks + quantized);
+    // Page ids are read one step ahead, so the page-table load is not on the path of every step's data loads.
+    auto page_of = [&](std::int64_t t) { return t < q_to ? page_row[static_cast<int>(t - sinks) / v.page_tokens] : 0; };
+    std::int32_t next_page[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) next_page[u] = page_of(q_from + u * slots + slot);
     for (std::int64_t base = q_from; base < q_to; base += slots * U) {
       float key[U][N], value[U][N];
       bool live[U];
+      std::int32_t page[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        page[u] = next_page[u];
+        next_page[u] = page_of(base + (U + u) * slots + slot);
+      }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const std::int64_t t = base + u * slots + slot;
         live[u] = t < q_to;
         if (live[u]) {
           const int index = static_cast<int>(t - sinks);
-          const auto ref = quantized_token<Tier>(v, page_row, index / v.page_tokens, index % v.page_tokens, kv_head);
+          const auto ref = quantized_token_in_page<Tier>(v, page[u], index % v.page_tokens, kv_head);
           LaneDecoder<K, N>::decode(ref.key, ref.key_row, first_channel, key[u], a.params.key);
           LaneDecoder<V, N>::decode(ref.value, ref.value_row, first_channel, value[u], a.params.value);
         } else {

@@ -77,7 +77,7 @@ def main():
             sdpa[(batch, context)] = None
     json.dump({f"{b}x{t}": us for (b, t), us in sdpa.items()}, open(os.path.join(args.out, "sdpa.json"), "w"), indent=1)
 
-    lines = [f"GPU: {torch.cuda.get_device_name()}  date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC  "
+    lines = [f"GPU: {torch.cuda.get_device_name()}  date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  "
              f"torch {torch.__version__}", *header, "",
              "| policy | batch | context | kvq us | bits/elem | splits | GB/s | % of copy | SDPA fp16 us | speedup vs SDPA | vs kvq fp16 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

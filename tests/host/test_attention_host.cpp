@@ -1,0 +1,126 @@
+// Host tests of decode attention's pieces that run without a GPU: the split planner, the fp16 policy, and the host
+// reference attention against an independent computation (the cache's own read_token, RoPE, long-double softmax).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "../support/policy_fixtures.hpp"
+#include "kvq/attention/decode_plan.hpp"
+#include "kvq/cache/host_paged_cache.hpp"
+#include "kvq/host/decode_attention.hpp"
+#include "kvq/quant/fp16.hpp"
+
+using namespace kvq;
+using namespace kvq::testing;
+
+TEST_CASE("plan_decode: splits follow length, bytes and SM count; workspace layout; group chunks") {
+  const DecodeShape llama{1, 32, 8, 128};
+  // Short context: no split has less than min_split_bytes of KV data.
+  const DecodePlan short_plan = plan_decode(llama, 100, 512.0, 132);
+  CHECK(short_plan.splits == 1);
+  CHECK(short_plan.workspace_bytes == 0);
+  // Long context, batch 1: enough blocks for 4 per SM (132 * 4 / 8 heads = 66 splits).
+  const DecodePlan long_plan = plan_decode(llama, 131072, 512.0, 132);
+  CHECK(long_plan.splits == 66);
+  CHECK(long_plan.lse_offset == std::int64_t{32} * 66 * 128 * 4);
+  CHECK(long_plan.counter_offset == long_plan.lse_offset + align16(32 * 66 * 4));
+  CHECK(long_plan.workspace_bytes == long_plan.counter_offset + align16(8 * 4));
+  // Fewer bytes per token: more tokens per split before the minimum is reached.
+  CHECK(plan_decode(llama, 4096, 48.0, 132).splits < plan_decode(llama, 4096, 512.0, 132).splits);
+  // A large batch fills the GPU without splitting.
+  CHECK(plan_decode({64, 32, 8, 128}, 131072, 512.0, 132).splits == 2);
+  CHECK(plan_decode({128, 32, 8, 128}, 131072, 512.0, 132).splits == 1);
+  // Group widths: 4 query heads per block up to a group of 4, then chunks of 8.
+  const DecodePlan mqa = plan_decode({1, 9, 1, 64}, 1000, 64.0, 132);
+  CHECK(mqa.group == 9);
+  CHECK(mqa.group_width == 8);
+  CHECK(mqa.head_chunks == 2);
+  CHECK(plan_decode({1, 3, 1, 64}, 1000, 64.0, 132).group_width == 4);
+  CHECK(plan_decode({0, 32, 8, 128}, 0, 512.0, 132).splits == 1);
+  CHECK(long_plan.scale({}) == doctest::Approx(1.0 / std::sqrt(128.0)));
+  CHECK(long_plan.scale({.softmax_scale = 0.5f}) == 0.5f);
+  CHECK_THROWS_WITH_AS(plan_decode({1, 32, 6, 128}, 10, 1.0, 1), doctest::Contains("multiple of kv_heads"), Error);
+  CHECK_THROWS_WITH_AS(plan_decode({-1, 32, 8, 128}, 10, 1.0, 1), doctest::Contains("negative"), Error);
+  CHECK_THROWS_WITH_AS(plan_decode(llama, -1, 1.0, 1), doctest::Contains("negative"), Error);
+  CHECK_THROWS_WITH_AS(plan_decode(llama, 10, 1.0, 0), doctest::Contains("positive"), Error);
+}
+
+TEST_CASE("Fp16Policy: exact for fp16 values, saturates beyond fp16, poisons a slice holding NaN or Inf") {
+  using P = Fp16Policy<64>;
+  static_assert(QuantizationPolicy<P>);
+  std::mt19937 rng(fresh_seed());
+  std::normal_distribution<float> normal(0.0f, 100.0f);
+  std::vector<float> tile(64), back(64);
+  for (float& x : tile) x = to_float(to_f16(normal(rng)));
+  tile[5] = 1e6f;    // saturates to 65504
+  tile[6] = -1e9f;   // saturates to -65504
+  tile[40] = NAN;    // poisons channels 32..63
+  std::vector<std::uint8_t> codes(P::code_bytes_per_block);
+  std::vector<float> input = tile;
+  CHECK(quantize_block<P>(input.data(), 1, BlockRef{codes.data(), nullptr}, {}) == 1);
+  P::dequantize(ConstBlockRef{codes.data(), nullptr}, 0, 0, 64, back.data(), {});
+  for (int c = 0; c < 32; ++c) {
+    const float expected = c == 5 ? 65504.0f : c == 6 ? -65504.0f : tile[c];
+    CHECK(back[c] == expected);
+  }
+  for (int c = 32; c < 64; ++c) CHECK(std::isnan(back[c]));
+}
+
+TEST_CASE("decode_attention_reference equals attention computed from read_token (pre-RoPE keys, sinks, window)") {
+  using T = Tier<Int4Token, Int8Token>;
+  const std::uint32_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937 rng(seed);
+  CacheConfig config{.layers = 1, .kv_heads = 2, .max_sequences = 2, .max_tokens_per_sequence = 600, .page_tokens = 64,
+                     .sink_tokens = 3, .window_tokens = 10, .key_position = KeyPosition::pre_rope};
+  config.rope = llama31_8b_rope;
+  HostPagedKVCache<LayerTiers<T>> cache(config, std::int64_t{1} << 30);
+  for (const std::int64_t count : {std::int64_t{250}, std::int64_t{1}, std::int64_t{300}}) {
+    const AppendPlan plan = cache.reserve(std::vector<int>{0, 1}, std::vector<std::int64_t>{count, count / 2});
+    const TensorShape shape{plan.total_tokens, 2, 128};
+    cache.write<f16>(plan, 0, make_input(shape, rng()), make_input(shape, rng()));
+  }
+  constexpr int q_heads = 6, d = 128;
+  std::normal_distribution<float> normal;
+  std::vector<float> q(q_heads * d);
+  for (float& x : q) x = normal(rng);
+  const AttentionParams attention{.softmax_scale = 0.05f, .soft_cap = 20.0f};
+  for (int s = 0; s < 2; ++s) {
+    std::vector<double> got(q.size());
+    decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style, s, q, q_heads,
+                                  attention, got);
+    const std::int64_t length = cache.sequences().sequence(s).length;
+    std::vector<float> keys(static_cast<std::size_t>(length) * 2 * d), values(keys.size());
+    for (std::int64_t t = 0; t < length; ++t) {
+      cache.read_token(0, s, t, keys.data() + t * 2 * d, values.data() + t * 2 * d);
+      for (int h = 0; h < 2; ++h) apply_rope<d>(keys.data() + (t * 2 + h) * d, t, cache.rope_table(), config.rope.style);
+    }
+    for (int h = 0; h < q_heads; ++h) {
+      const int kv = h / 3;
+      std::vector<long double> logit(static_cast<std::size_t>(length));
+      long double top = -INFINITY, sum = 0;
+      for (std::int64_t t = 0; t < length; ++t) {
+        long double dot = 0;
+        for (int c = 0; c < d; ++c) dot += static_cast<long double>(q[h * d + c]) * keys[(t * 2 + kv) * d + c];
+        logit[t] = 20.0L * std::tanh(dot * static_cast<long double>(0.05f) / 20.0L);  // the float scale, as given
+        top = std::max(top, logit[t]);
+      }
+      std::vector<long double> o(d, 0);
+      for (std::int64_t t = 0; t < length; ++t) {
+        const long double p = std::exp(logit[t] - top);
+        sum += p;
+        for (int c = 0; c < d; ++c) o[c] += p * values[(t * 2 + kv) * d + c];
+      }
+      for (int c = 0; c < d; ++c) CHECK(got[h * d + c] == doctest::Approx(static_cast<double>(o[c] / sum)).epsilon(1e-9).scale(1.0));
+    }
+  }
+  std::vector<double> out(q.size());
+  CHECK_THROWS_WITH_AS(decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
+                                                     2, q, q_heads, attention, out),
+                       doctest::Contains("sequence 2"), Error);
+  CHECK_THROWS_WITH_AS(decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
+                                                     0, q, 5, attention, out),
+                       doctest::Contains("q_heads 5"), Error);
+}

@@ -18,20 +18,21 @@ using namespace kvq::testing;
 TEST_CASE("plan_decode: splits follow length, bytes and SM count; workspace layout; group chunks") {
   const DecodeShape llama{1, 32, 8, 128};
   // Short context: no split has less than min_split_bytes of KV data.
-  const DecodePlan short_plan = plan_decode(llama, 100, 512.0, 132);
+  const DecodePlan short_plan = plan_decode(llama, 30, 512.0, 132);
   CHECK(short_plan.splits == 1);
   CHECK(short_plan.workspace_bytes == 0);
-  // Long context, batch 1: enough blocks for 4 per SM (132 * 4 / 8 heads = 66 splits).
+  CHECK(plan_decode(llama, 64, 512.0, 132).splits == 2);  // 16 KiB per split
+  // Long context, batch 1: enough blocks for 3 per SM (ceil(132 * 3 / 8 heads) = 50 splits).
   const DecodePlan long_plan = plan_decode(llama, 131072, 512.0, 132);
-  CHECK(long_plan.splits == 66);
-  CHECK(long_plan.lse_offset == std::int64_t{32} * 66 * 128 * 4);
-  CHECK(long_plan.counter_offset == long_plan.lse_offset + align16(32 * 66 * 4));
+  CHECK(long_plan.splits == 50);
+  CHECK(long_plan.lse_offset == std::int64_t{32} * 50 * 128 * 4);
+  CHECK(long_plan.counter_offset == long_plan.lse_offset + align16(32 * 50 * 4));
   CHECK(long_plan.workspace_bytes == long_plan.counter_offset + align16(8 * 4));
   // Fewer bytes per token: more tokens per split before the minimum is reached.
   CHECK(plan_decode(llama, 4096, 48.0, 132).splits < plan_decode(llama, 4096, 512.0, 132).splits);
   // A large batch fills the GPU without splitting.
-  CHECK(plan_decode({64, 32, 8, 128}, 131072, 512.0, 132).splits == 2);
-  CHECK(plan_decode({128, 32, 8, 128}, 131072, 512.0, 132).splits == 1);
+  CHECK(plan_decode({32, 32, 8, 128}, 131072, 512.0, 132).splits == 2);
+  CHECK(plan_decode({64, 32, 8, 128}, 131072, 512.0, 132).splits == 1);
   // Group widths: 4 query heads per block up to a group of 4, then chunks of 8.
   const DecodePlan mqa = plan_decode({1, 9, 1, 64}, 1000, 64.0, 132);
   CHECK(mqa.group == 9);

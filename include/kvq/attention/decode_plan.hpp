@@ -30,6 +30,12 @@ struct DecodeShape {
   int head_dim = 128;
 };
 
+// Which kernel serves a plan. `automatic` takes the tensor-core kernel where it applies (fp16 pages or per-token
+// 2/4/8-bit uniform codes, fp16 value scales, post-RoPE keys, head_dim 64/128, page_tokens a multiple of 16) and
+// the generic kernel otherwise; `tensor_core` makes a call that cannot use it an error; `generic` always takes
+// the generic kernel (every policy, the reference for comparisons).
+enum class DecodeKernel { automatic, tensor_core, generic };
+
 // Query heads one thread block serves from one read of a KV head's data; wider groups are served in chunks.
 inline constexpr int decode_max_group = 8;
 
@@ -40,6 +46,7 @@ struct DecodePlan {
   int head_chunks = 1;      // thread blocks per KV head (ceil(group / group_width))
   int splits = 1;           // token ranges per (sequence, KV head, chunk)
   std::int64_t max_length = 0;
+  DecodeKernel kernel = DecodeKernel::automatic;
   // Workspace: fp32 partial outputs [batch][q_heads][splits][head_dim], log2-sum-exp [batch][q_heads][splits],
   // and one uint32 arrival counter per (sequence, KV head, chunk). Empty when splits == 1.
   std::int64_t partial_offset = 0, lse_offset = 0, counter_offset = 0, workspace_bytes = 0;
@@ -50,9 +57,10 @@ struct DecodePlan {
 };
 
 struct DecodeTuning {
-  int blocks_per_sm = 4;                       // resident blocks per SM the split count aims to fill
-  std::int64_t min_split_bytes = 64 * 1024;    // a split reads at least this much KV data (amortises its merge)
+  int blocks_per_sm = 3;                       // resident blocks per SM the split count aims to fill (one wave)
+  std::int64_t min_split_bytes = 16 * 1024;    // a split reads at least this much KV data (amortises its merge)
   int max_splits = 256;
+  DecodeKernel kernel = DecodeKernel::automatic;
 };
 
 namespace detail {
@@ -81,6 +89,7 @@ inline DecodePlan plan_decode(const DecodeShape& shape, std::int64_t max_length,
   DecodePlan plan;
   plan.shape = shape;
   plan.max_length = max_length;
+  plan.kernel = tuning.kernel;
   plan.group = shape.q_heads / shape.kv_heads;
   plan.group_width = plan.group <= 4 ? 4 : decode_max_group;
   plan.head_chunks = (plan.group + plan.group_width - 1) / plan.group_width;

@@ -30,6 +30,8 @@
 #include "kvq/core/element.hpp"
 #include "kvq/core/float16.hpp"
 #include "kvq/core/rope.hpp"
+#include "kvq/cuda/decode_attention_mma.cuh"
+#include "kvq/cuda/decode_epilogue.cuh"
 #include "kvq/cuda/error.cuh"
 #include "kvq/cuda/lane_decode.cuh"
 #include "kvq/cuda/paged_cache.cuh"
@@ -62,25 +64,6 @@ struct DecodeGeometry {
                 "kvq: decode attention supports head_dim 32, 64, 128 and 256");
 };
 
-template <class Tier, class Query, class Out>
-struct DecodeArgs {
-  CacheLayerView view;
-  TierParams<Tier> params;
-  RopeTable<Tier::KeyPolicy::head_dim> rope;
-  RopeStyle style;
-  const Query* query;            // [batch][q_heads][head_dim]
-  Out* out;                      // [batch][q_heads][head_dim]
-  const std::int32_t* sequences; // [batch] cache sequence slot of each query
-  int q_heads, group, head_chunks, splits;
-  float scale_log2;              // softmax scale * log2(e) (no soft cap), or softmax scale (soft cap)
-  float soft_cap;
-  float* partial;                // workspace, see DecodePlan
-  float* lse;
-  unsigned* counters;
-};
-
-inline constexpr float log2_e = 1.4426950408889634f;
-
 template <class Tier, int GroupWidth, class Query, class Out>
 __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, GroupWidth>::threads)
     decode_attention_kernel(const DecodeArgs<Tier, Query, Out> a) {
@@ -95,8 +78,6 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
 
   __shared__ float merge_acc[G::warps][GroupWidth][D];
   __shared__ float merge_max[G::warps][GroupWidth], merge_sum[G::warps][GroupWidth];
-  __shared__ float final_lse[GroupWidth];
-  __shared__ bool last_block;
 
   const CacheLayerView& v = a.view;
   const int split = blockIdx.x;
@@ -274,83 +255,8 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
   }
   __syncthreads();
 
-  // Block result per head: normalised output (into merge_acc[0]) and log2-sum-exp. A NaN sum stays NaN.
-  for (int i = threadIdx.x; i < GroupWidth * D; i += G::threads) {
-    const int h = i / D, c = i % D;
-    float top = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < G::warps; ++w) top = fmaxf(top, merge_max[w][h]);
-    float sum = 0.0f, o = 0.0f;
-#pragma unroll
-    for (int w = 0; w < G::warps; ++w) {
-      const float f = merge_max[w][h] == -INFINITY ? 0.0f : exp2f(merge_max[w][h] - top);
-      sum += merge_sum[w][h] * f;
-      o += merge_acc[w][h][c] * f;
-    }
-    merge_acc[0][h][c] = sum == 0.0f ? 0.0f : o / sum;
-    if (c == 0) final_lse[h] = sum == 0.0f ? -INFINITY : top + log2f(sum);
-  }
-  __syncthreads();
-
-  if (a.splits > 1) {
-    for (int i = threadIdx.x; i < heads_here * D; i += G::threads) {
-      const int h = i / D, c = i % D;
-      const std::int64_t row = (std::int64_t{b} * a.q_heads + first_head + h) * a.splits + split;
-      a.partial[row * D + c] = merge_acc[0][h][c];
-      if (c == 0) a.lse[row] = final_lse[h];
-    }
-    // Publish the partial, then take a ticket; the block that arrives last combines every split.
-    __threadfence();
-    __syncthreads();
-    unsigned* counter = a.counters + std::int64_t{b} * gridDim.y + blockIdx.y;
-    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == static_cast<unsigned>(a.splits - 1);
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < heads_here * D; i += G::threads) {
-      const int h = i / D, c = i % D;
-      const std::int64_t row0 = (std::int64_t{b} * a.q_heads + first_head + h) * a.splits;
-      float top = -INFINITY;
-      for (int s = 0; s < a.splits; ++s) top = fmaxf(top, __ldcg(a.lse + row0 + s));
-      float sum = 0.0f, o = 0.0f;
-      for (int s = 0; s < a.splits; ++s) {
-        const float l = __ldcg(a.lse + row0 + s);
-        const float f = l == -INFINITY ? 0.0f : exp2f(l - top);
-        sum += f;
-        o += f * __ldcg(a.partial + (row0 + s) * D + c);
-      }
-      merge_acc[0][h][c] = sum == 0.0f ? 0.0f : o / sum;
-    }
-    if (threadIdx.x == 0) *counter = 0u;  // ready for the next call (and the next graph replay)
-    __syncthreads();
-  }
-
-  // Rotated values were accumulated in the rotated domain: rotate the output back once (rows in shared memory).
-  if constexpr (V::rotated) {
-    float* rows = &merge_acc[0][0][0];
-    for (int half = 1; half < D; half *= 2) {
-      for (int i = threadIdx.x; i < GroupWidth * D / 2; i += G::threads) {
-        const int h = i / (D / 2), j = i % (D / 2);
-        const int first = j / half * 2 * half + j % half;
-        const float x = rows[h * D + first], y = rows[h * D + first + half];
-        rows[h * D + first] = x + y;
-        rows[h * D + first + half] = x - y;
-      }
-      __syncthreads();
-    }
-    for (int i = threadIdx.x; i < GroupWidth * D; i += G::threads) {
-      const int c = i % D;
-      float x = rows[i] * inverse_sqrt_power_of_two<D>;
-      if (rotation_sign_negative(a.params.value.seed, c)) x = -x;
-      rows[i] = x;
-    }
-    __syncthreads();
-  }
-  for (int i = threadIdx.x; i < heads_here * D; i += G::threads) {
-    const int h = i / D, c = i % D;
-    const float x = valid_sequence ? merge_acc[0][h][c] : NAN;
-    a.out[(std::int64_t{b} * a.q_heads + first_head + h) * D + c] = from_float<Out>(x);
-  }
+  finish_decode_block<V, D, GroupWidth, G::warps, G::threads>(a, merge_acc, merge_max, merge_sum, valid_sequence, b, split,
+                                                                  first_head, heads_here);
 }
 
 }  // namespace detail
@@ -436,6 +342,24 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
                                             reinterpret_cast<unsigned*>(base + plan.counter_offset)};
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(s.kv_heads * plan.head_chunks),
                   static_cast<unsigned>(s.batch));
+  bool tensor_core = false;
+  if constexpr (detail::tensor_core_decode_supported<Tier>)
+    tensor_core = plan.kernel != DecodeKernel::generic && view.key_position == KeyPosition::post_rope &&
+                  view.page_tokens % 16 == 0;
+  require(tensor_core || plan.kernel != DecodeKernel::tensor_core, ErrorCode::invalid_argument,
+          "decode attention: the plan asks for the tensor-core kernel, which needs fp16 or per-token 2/4/8-bit "
+          "uniform pages (fp16 value scales), post-RoPE keys, head_dim 64 or 128 and page_tokens a multiple of 16");
+  if constexpr (detail::tensor_core_decode_supported<Tier>) {
+    if (tensor_core) {
+      if (plan.group_width == 4) {
+        detail::launch_decode_attention_mma<Tier, 4>(args, grid, stream);
+      } else {
+        detail::launch_decode_attention_mma<Tier, 8>(args, grid, stream);
+      }
+      check_launch("decode attention (tensor cores)");
+      return;
+    }
+  }
   if (plan.group_width == 4) {
     detail::decode_attention_kernel<Tier, 4><<<grid, detail::DecodeGeometry<d, 4>::threads, 0, stream>>>(args);
   } else {

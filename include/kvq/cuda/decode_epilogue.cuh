@@ -1,0 +1,131 @@
+// What the decode-attention kernels share: their arguments and the end of every thread block, which merges the
+// block's per-warp softmax states, combines the splits of a (sequence, KV head) through the workspace and writes
+// the output (see docs/attention.md).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "kvq/cache/cache_state.hpp"
+#include "kvq/cache/layer_view.hpp"
+#include "kvq/core/element.hpp"
+#include "kvq/core/rope.hpp"
+#include "kvq/cuda/paged_cache.cuh"
+#include "kvq/quant/rotation.hpp"
+
+namespace kvq::cuda::detail {
+
+template <class Tier, class Query, class Out>
+struct DecodeArgs {
+  CacheLayerView view;
+  TierParams<Tier> params;
+  RopeTable<Tier::KeyPolicy::head_dim> rope;
+  RopeStyle style;
+  const Query* query;            // [batch][q_heads][head_dim]
+  Out* out;                      // [batch][q_heads][head_dim]
+  const std::int32_t* sequences; // [batch] cache sequence slot of each query
+  int q_heads, group, head_chunks, splits;
+  float scale_log2;              // softmax scale * log2(e) (no soft cap), or softmax scale (soft cap)
+  float soft_cap;
+  float* partial;                // workspace, see DecodePlan
+  float* lse;
+  unsigned* counters;
+};
+
+inline constexpr float log2_e = 1.4426950408889634f;
+
+// Block epilogue, called by all threads of the block after each warp w stored its state for every head h of the
+// block in merge_max[w][h] (running max, log2 domain), merge_sum[w][h] (sum of exponentials) and merge_acc[w][h]
+// (unnormalised output): block result per head, then (splits > 1) the fp32 partial and its log2-sum-exp to the
+// workspace and, in the last block of the (sequence, KV head) to arrive, the combination of all splits in a fixed
+// order; rotated values are rotated back; the output is written.
+template <class V, int D, int GroupWidth, int Warps, int Threads, class Args>
+__device__ __forceinline__ void finish_decode_block(const Args& a, float (&merge_acc)[Warps][GroupWidth][D],
+                                                    const float (&merge_max)[Warps][GroupWidth],
+                                                    const float (&merge_sum)[Warps][GroupWidth], bool valid_sequence,
+                                                    int b, int split, int first_head, int heads_here) {
+  __shared__ float final_lse[GroupWidth];
+  __shared__ bool last_block;
+  // Block result per head: normalised output (into merge_acc[0]) and log2-sum-exp. A NaN sum stays NaN.
+  for (int i = threadIdx.x; i < GroupWidth * D; i += Threads) {
+    const int h = i / D, c = i % D;
+    float top = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < Warps; ++w) top = fmaxf(top, merge_max[w][h]);
+    float sum = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < Warps; ++w) {
+      const float f = merge_max[w][h] == -INFINITY ? 0.0f : exp2f(merge_max[w][h] - top);
+      sum += merge_sum[w][h] * f;
+      o += merge_acc[w][h][c] * f;
+    }
+    merge_acc[0][h][c] = sum == 0.0f ? 0.0f : o / sum;
+    if (c == 0) final_lse[h] = sum == 0.0f ? -INFINITY : top + log2f(sum);
+  }
+  __syncthreads();
+
+  if (a.splits > 1) {
+    for (int i = threadIdx.x; i < heads_here * D; i += Threads) {
+      const int h = i / D, c = i % D;
+      const std::int64_t row = (std::int64_t{b} * a.q_heads + first_head + h) * a.splits + split;
+      a.partial[row * D + c] = merge_acc[0][h][c];
+      if (c == 0) a.lse[row] = final_lse[h];
+    }
+    // Publish the partial, then take a ticket; the block that arrives last combines every split.
+    __threadfence();
+    __syncthreads();
+    unsigned* counter = a.counters + std::int64_t{b} * gridDim.y + blockIdx.y;
+    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == static_cast<unsigned>(a.splits - 1);
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < heads_here * D; i += Threads) {
+      const int h = i / D, c = i % D;
+      const std::int64_t row0 = (std::int64_t{b} * a.q_heads + first_head + h) * a.splits;
+      float top = -INFINITY;
+      for (int s = 0; s < a.splits; ++s) top = fmaxf(top, __ldcg(a.lse + row0 + s));
+      float sum = 0.0f, o = 0.0f;
+      for (int s = 0; s < a.splits; ++s) {
+        const float l = __ldcg(a.lse + row0 + s);
+        const float f = l == -INFINITY ? 0.0f : exp2f(l - top);
+        sum += f;
+        o += f * __ldcg(a.partial + (row0 + s) * D + c);
+      }
+      merge_acc[0][h][c] = sum == 0.0f ? 0.0f : o / sum;
+    }
+    if (threadIdx.x == 0) *counter = 0u;  // ready for the next call (and the next graph replay)
+    __syncthreads();
+  }
+
+  // Rotated values were accumulated in the rotated domain: rotate the output back once (rows in shared memory).
+  if constexpr (V::rotated) {
+    float* rows = &merge_acc[0][0][0];
+    for (int half = 1; half < D; half *= 2) {
+      for (int i = threadIdx.x; i < GroupWidth * D / 2; i += Threads) {
+        const int h = i / (D / 2), j = i % (D / 2);
+        const int first = j / half * 2 * half + j % half;
+        const float x = rows[h * D + first], y = rows[h * D + first + half];
+        rows[h * D + first] = x + y;
+        rows[h * D + first + half] = x - y;
+      }
+      __syncthreads();
+    }
+    for (int i = threadIdx.x; i < GroupWidth * D; i += Threads) {
+      const int c = i % D;
+      float x = rows[i] * inverse_sqrt_power_of_two<D>;
+      if (rotation_sign_negative(a.params.value.seed, c)) x = -x;
+      rows[i] = x;
+    }
+    __syncthreads();
+  }
+  for (int i = threadIdx.x; i < heads_here * D; i += Threads) {
+    const int h = i / D, c = i % D;
+    const float x = valid_sequence ? merge_acc[0][h][c] : NAN;
+    a.out[(std::int64_t{b} * a.q_heads + first_head + h) * D + c] = from_float<std::remove_cvref_t<decltype(*a.out)>>(x);
+  }
+}
+
+}  // namespace kvq::cuda::detail

@@ -1,0 +1,95 @@
+// Warp-level tensor-core primitives for the attention kernels (sm_80+; movmatrix needs sm_75+ and PTX 7.8)
+// and the cp.async copies that stage page bytes in shared memory:
+// one fp16 x fp16 -> fp32 mma of shape m16n8k16 and the 8x8 transpose that turns a score fragment into the
+// operand of the next mma. Fragment layouts are PTX's (lane = 4 * group + thread_in_group):
+//   A (16x16, row): a[0] = (row g,   cols 2t, 2t+1)   a[1] = (row g+8, cols 2t, 2t+1)
+//                   a[2] = (row g,   cols 2t+8, 2t+9) a[3] = (row g+8, cols 2t+8, 2t+9)
+//   B (16x8, col):  b[0] = (rows 2t, 2t+1, col g)     b[1] = (rows 2t+8, 2t+9, col g)
+//   C (16x8, f32):  c[0], c[1] = (row g, cols 2t, 2t+1)   c[2], c[3] = (row g+8, cols 2t, 2t+1)
+// Each 32-bit register holds two fp16 values, the lower column (or row, for B) in the low half.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace kvq::cuda::detail {
+
+// c += a * b
+__device__ __forceinline__ void mma_16x8x16(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                            std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Transpose of an 8x8 fp16 matrix held one row pair per lane (row g, cols 2t, 2t+1): lane (g, t) receives
+// rows 2t, 2t+1 of column g, i.e. (transposed row g, cols 2t, 2t+1).
+__device__ __forceinline__ std::uint32_t transpose_8x8(std::uint32_t x) {
+  std::uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+__device__ __forceinline__ std::uint32_t half2_bits(__half2 h) { return *reinterpret_cast<std::uint32_t*>(&h); }
+__device__ __forceinline__ __half2 bits_half2(std::uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+// (low, high) floats -> one register of two fp16, round to nearest.
+__device__ __forceinline__ std::uint32_t pack_half2(float low, float high) {
+  return half2_bits(__floats2half2_rn(low, high));
+}
+
+// fp16 bits of an integer |n| < 2048, or of 2^-k: compile-time constants (cuda_fp16's conversions are inline
+// assembly, which the compiler cannot fold, so a constant built with them costs an instruction at every use).
+__host__ __device__ constexpr std::uint32_t half_bits_of_integer(int n) {
+  if (n == 0) return 0;
+  const std::uint32_t sign = n < 0 ? 0x8000u : 0u;
+  const int magnitude = n < 0 ? -n : n;
+  int exponent = 0;
+  while ((magnitude >> (exponent + 1)) != 0) ++exponent;
+  const std::uint32_t mantissa = (static_cast<std::uint32_t>(magnitude) << (10 - exponent)) & 0x3FFu;
+  return sign | static_cast<std::uint32_t>(exponent + 15) << 10 | mantissa;
+}
+__host__ __device__ constexpr std::uint32_t half_bits_of_inverse_power_of_two(int k) { return static_cast<std::uint32_t>(15 - k) << 10; }
+__host__ __device__ constexpr std::uint32_t both_halves(std::uint32_t bits) { return bits | bits << 16; }
+static_assert(half_bits_of_integer(1024) == 0x6400u && half_bits_of_integer(1032) == 0x6408u &&
+              half_bits_of_integer(-264) == 0xDC20u && half_bits_of_integer(1) == 0x3C00u &&
+              half_bits_of_inverse_power_of_two(4) == 0x2C00u);
+
+// fp16 pair from 16-bit fields: `(x & mask) | 0x6400` is 1024 + code * multiplier for codes of up to 10 bits
+// (the "magic number" conversion); `fma(v, 1/multiplier, -(1024/multiplier + offset))` then gives code - offset
+// exactly, since every intermediate is a small integer or a power-of-two multiple of one.
+template <std::uint32_t Mask, int Multiplier, int Offset>
+__device__ __forceinline__ __half2 magic_codes(std::uint32_t x) {
+  const std::uint32_t biased = (x & (Mask | (Mask << 16))) | 0x64006400u;
+  if constexpr (Multiplier == 1) {
+    constexpr std::uint32_t bias = both_halves(half_bits_of_integer(1024 + Offset));
+    return __hsub2(bits_half2(biased), bits_half2(bias));
+  } else {
+    constexpr int log2_multiplier = Multiplier == 4 ? 2 : Multiplier == 16 ? 4 : Multiplier == 64 ? 6 : -1;
+    static_assert(log2_multiplier > 0, "kvq: magic_codes multipliers are 4, 16 and 64");
+    constexpr std::uint32_t scale = both_halves(half_bits_of_inverse_power_of_two(log2_multiplier));
+    constexpr std::uint32_t bias = both_halves(half_bits_of_integer(-(1024 / Multiplier + Offset)));
+    return __hfma2(bits_half2(biased), bits_half2(scale), bits_half2(bias));
+  }
+}
+
+}  // namespace kvq::cuda::detail
+
+namespace kvq::cuda::detail {
+
+// Asynchronous 16-byte global -> shared copies (cp.async, sm_80+), completed per thread in commit groups.
+__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global) : "memory");
+}
+__device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most `Pending` of this thread's commit groups are still in flight.
+template <int Pending>
+__device__ __forceinline__ void wait_async_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+}  // namespace kvq::cuda::detail

@@ -1,8 +1,9 @@
 // Fused decode attention over the paged quantized cache: one query token per sequence, GQA, split-KV.
-// The kernel reads packed codes, metadata, outliers, sinks and the fp16 window where they lie and never writes an
-// fp16 copy of the cache.
+// The kernels read packed codes, metadata, outliers, sinks and the fp16 window where they lie and never write an
+// fp16 copy of the cache. decode_attention_async sends fp16 and per-token 2/4/8-bit pages to the tensor-core kernel
+// (decode_attention_mma.cuh) and every other policy to the generic kernel below (see DecodeKernel).
 //
-// Work decomposition (see docs/attention.md):
+// Generic kernel, work decomposition (see docs/attention.md):
 //   grid  = (splits, kv_heads * head_chunks, batch); a block serves `group_width` query heads of one KV head over
 //           one token range of one sequence, so every KV byte is read once per block for all its query heads;
 //   block = 4 warps; a warp holds `workers` token slots side by side, each slot spread over `lanes_per_token`

@@ -1,7 +1,7 @@
-// Warp-level tensor-core primitives for the attention kernels (sm_80+; movmatrix needs sm_75+ and PTX 7.8)
-// and the cp.async copies that stage page bytes in shared memory:
-// one fp16 x fp16 -> fp32 mma of shape m16n8k16 and the 8x8 transpose that turns a score fragment into the
-// operand of the next mma. Fragment layouts are PTX's (lane = 4 * group + thread_in_group):
+// Warp-level primitives of the tensor-core attention kernel (sm_80+; movmatrix needs PTX 7.8): one fp16 x fp16
+// -> fp32 mma of shape m16n8k16, the 8x8 transpose that turns a score fragment into the operand of the next mma,
+// the "magic number" conversion of packed codes to fp16, and the cp.async copies that stage page bytes in shared
+// memory. Fragment layouts are PTX's (lane = 4 * group + thread_in_group):
 //   A (16x16, row): a[0] = (row g,   cols 2t, 2t+1)   a[1] = (row g+8, cols 2t, 2t+1)
 //                   a[2] = (row g,   cols 2t+8, 2t+9) a[3] = (row g+8, cols 2t+8, 2t+9)
 //   B (16x8, col):  b[0] = (rows 2t, 2t+1, col g)     b[1] = (rows 2t+8, 2t+9, col g)

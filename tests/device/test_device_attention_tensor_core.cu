@@ -56,7 +56,7 @@ TEST_CASE("tensor-core decode: 128K tokens, batch 1, int4 g64 and int2 g64 (the 
   run_case<Tier<Uniform<2, 64, 128>, Uniform<2, 64, 128>>>(config, {131072, 5000}, 8, {}, tensor_cores);
 }
 
-TEST_CASE("tensor-core decode: the generic kernel gives the same result; calls it cannot serve are refused") {
+TEST_CASE("tensor-core decode: the forced generic kernel matches the reference; calls it cannot take are refused") {
   CacheConfig config{.kv_heads = 2, .page_tokens = 64, .sink_tokens = 2, .window_tokens = 8};
   run_case<Tier<Uniform<4, 64, 128>, Uniform<4, 64, 128>>>(config, {5, 3000}, 8, {},
                                                           DecodeTuning{.kernel = DecodeKernel::generic});

@@ -145,16 +145,8 @@ void register_policy(const char* name, int window, bool long_context) {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "kvq_bench_attention: no CUDA device\n");
-    return 2;
-  }
   try {
-    cudaDeviceProp properties{};
-    check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
-    std::printf("GPU: %s (sm_%d%d, %d SMs)\n", properties.name, properties.major, properties.minor,
-                properties.multiProcessorCount);
+    if (!kvq::benchmarks::report_device("kvq_bench_attention")) return 2;
     g_copy_gigabytes_per_second = copy_bandwidth();
     std::printf("fp16 copy: %.1f GB/s (read + write, median of 11 1-GiB D2D copies)\n", g_copy_gigabytes_per_second);
     std::fflush(stdout);

@@ -155,14 +155,8 @@ void register_policy(const std::string& name, kvq::CacheConfig config) {
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "kvq_bench_cache: no CUDA device\n");
-    return 2;
-  }
-  cudaDeviceProp properties{};
-  check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
-  std::printf("GPU: %s; synthetic Llama-3-8B-shaped K/V (32 layers, 8 KV heads, d=128), batch 1\n", properties.name);
+  if (!kvq::benchmarks::report_device("kvq_bench_cache")) return 2;
+  std::printf("synthetic Llama-3-8B-shaped K/V (32 layers, 8 KV heads, d=128), batch 1\n");
   register_policy<kvq::LayerTiers<kvq::Tier<Int8, Int8>>>("int8_token", llama3_8b(0, 0));
   register_policy<kvq::LayerTiers<kvq::Tier<Fp8, Fp8>>>("fp8_e4m3", llama3_8b(0, 0));
   register_policy<kvq::LayerTiers<kvq::Tier<Int4, Int4>>>("int4_token_g32", llama3_8b(0, 0));

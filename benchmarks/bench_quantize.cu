@@ -227,16 +227,8 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "kvq_bench_quantize: no CUDA device\n");
-    return 2;
-  }
   try {
-    cudaDeviceProp properties{};
-    check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
-    std::printf("GPU: %s (sm_%d%d, %d SMs)\n", properties.name, properties.major, properties.minor,
-                properties.multiProcessorCount);
+    if (!kvq::benchmarks::report_device("kvq_bench_quantize")) return 2;
 
     Shared shared;
     fill_input(shared.input);

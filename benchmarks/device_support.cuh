@@ -1,15 +1,32 @@
-// Small RAII helpers the device benchmarks share: device arrays, streams, and CUDA-event timing.
+// Small helpers the device benchmarks share: the GPU report at start-up, device arrays, streams, and CUDA-event
+// timing.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdio>
 
 #include "kvq/cuda/error.cuh"
 
 namespace kvq::benchmarks {
 
 using kvq::cuda::check;
+
+// Prints the GPU the benchmark runs on ("GPU: name (sm_XY, N SMs)"); false, with a message naming `program`, when
+// there is none.
+inline bool report_device(const char* program) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "%s: no CUDA device\n", program);
+    return false;
+  }
+  cudaDeviceProp properties{};
+  check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
+  std::printf("GPU: %s (sm_%d%d, %d SMs)\n", properties.name, properties.major, properties.minor,
+              properties.multiProcessorCount);
+  return true;
+}
 
 // Owns `count` elements of device memory.
 template <class T>

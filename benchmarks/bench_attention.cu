@@ -94,8 +94,7 @@ void attention_benchmark(benchmark::State& state, int window) {
   }
   check(cudaStreamSynchronize(stream.get()), "prefill");
 
-  const kvq::DecodePlan plan = kvq::plan_decode({batch, kQHeads, kKvHeads, kHeadDim}, context,
-                                                kvq::cuda::kv_bytes_per_token_head<Tier>(), kvq::cuda::device_sm_count());
+  const kvq::DecodePlan plan = kvq::cuda::plan_decode(cache, 0, {batch, kQHeads, kKvHeads, kHeadDim}, context);
   DeviceArray<std::uint8_t> workspace(static_cast<std::size_t>(std::max<std::int64_t>(plan.workspace_bytes, 16)));
   kvq::cuda::clear_decode_workspace_async(plan, workspace.get(), stream.get());
   DeviceArray<kvq::f16> query(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), out(query.bytes() / 2);

@@ -22,17 +22,23 @@ TEST_CASE("plan_decode: splits follow length, bytes and SM count; workspace layo
   CHECK(short_plan.splits == 1);
   CHECK(short_plan.workspace_bytes == 0);
   CHECK(plan_decode(llama, 64, 512.0, 132).splits == 2);  // 16 KiB per split
-  // Long context, batch 1: enough blocks for 3 per SM (ceil(132 * 3 / 8 heads) = 50 splits).
+  // Long context, batch 1: one full wave of 3 blocks per SM, floor(132 * 3 / 8 heads) = 49 splits (392 of 396
+  // slots; 50 would leave 4 blocks for a second wave, 99 fills two waves exactly but pays a second wave).
   const DecodePlan long_plan = plan_decode(llama, 131072, 512.0, 132);
-  CHECK(long_plan.splits == 50);
-  CHECK(long_plan.lse_offset == std::int64_t{32} * 50 * 128 * 4);
-  CHECK(long_plan.counter_offset == long_plan.lse_offset + align16(32 * 50 * 4));
+  CHECK(long_plan.splits == 49);
+  CHECK(long_plan.lse_offset == std::int64_t{32} * 49 * 128 * 4);
+  CHECK(long_plan.counter_offset == long_plan.lse_offset + align16(32 * 49 * 4));
+  // The occupancy the device planner measures sizes the wave: 2 blocks per SM give floor(264 / 8) = 33 splits.
+  CHECK(plan_decode(llama, 131072, 512.0, 132, DecodeTuning{.blocks_per_sm = 2}).splits == 33);
   CHECK(long_plan.workspace_bytes == long_plan.counter_offset + align16(8 * 4));
   // Fewer bytes per token: more tokens per split before the minimum is reached.
   CHECK(plan_decode(llama, 4096, 48.0, 132).splits < plan_decode(llama, 4096, 512.0, 132).splits);
-  // A large batch fills the GPU without splitting.
-  CHECK(plan_decode({32, 32, 8, 128}, 131072, 512.0, 132).splits == 2);
-  CHECK(plan_decode({64, 32, 8, 128}, 131072, 512.0, 132).splits == 1);
+  // Larger batches: 256 blocks fill 65% of one wave unsplit, 97% of two waves in 3 splits (768 of 792 slots);
+  // 512 blocks fill 65% of two waves unsplit, 86% of three in 2 splits. 1536 blocks (batch 192) are 3.9 full
+  // waves already: no split.
+  CHECK(plan_decode({32, 32, 8, 128}, 131072, 512.0, 132).splits == 3);
+  CHECK(plan_decode({64, 32, 8, 128}, 131072, 512.0, 132).splits == 2);
+  CHECK(plan_decode({192, 32, 8, 128}, 131072, 512.0, 132).splits == 1);
   // Group widths: 4 query heads per block up to a group of 4, then chunks of 8.
   const DecodePlan mqa = plan_decode({1, 9, 1, 64}, 1000, 64.0, 132);
   CHECK(mqa.group == 9);
@@ -46,6 +52,8 @@ TEST_CASE("plan_decode: splits follow length, bytes and SM count; workspace layo
   CHECK_THROWS_WITH_AS(plan_decode({-1, 32, 8, 128}, 10, 1.0, 1), doctest::Contains("negative"), Error);
   CHECK_THROWS_WITH_AS(plan_decode(llama, -1, 1.0, 1), doctest::Contains("negative"), Error);
   CHECK_THROWS_WITH_AS(plan_decode(llama, 10, 1.0, 0), doctest::Contains("positive"), Error);
+  CHECK_THROWS_WITH_AS(plan_decode(llama, 10, 1.0, 132, DecodeTuning{.max_splits = decode_max_splits + 1}),
+                       doctest::Contains("max_splits 257"), Error);
 }
 
 TEST_CASE("Fp16Policy: exact for fp16 values, saturates beyond fp16, poisons a slice holding NaN or Inf") {

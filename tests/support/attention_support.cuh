@@ -140,8 +140,11 @@ void check_decode(const cuda::PagedKVCache<Tiers>& cache, const TierParams<typen
   const HostLayer host = download_layer(cache, 0);
   std::int64_t longest = 0;
   for (int s : sequences) longest = std::max(longest, cache.sequences().sequence(s).length);
-  const DecodePlan plan = plan_decode({batch, q_heads, cache.config().kv_heads, d}, longest,
-                                      cuda::kv_bytes_per_token_head<Tier>(), cuda::device_sm_count(), tuning);
+  // The device planner (the kernel's measured occupancy) unless the case forces a tuning of its own.
+  const DecodeShape shape{batch, q_heads, cache.config().kv_heads, d};
+  const DecodePlan plan = tuning.blocks_per_sm == 0
+                              ? cuda::plan_decode<Q, O>(cache, 0, shape, longest, tuning)
+                              : plan_decode(shape, longest, cuda::kv_bytes_per_token_head<Tier>(), cuda::device_sm_count(), tuning);
   INFO("splits " << plan.splits << ", group " << plan.group << ", longest " << longest);
   Workspace workspace(plan);
   const auto queries = random_queries<Q>(static_cast<std::size_t>(batch) * q_heads * d, rng);

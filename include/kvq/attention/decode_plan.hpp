@@ -39,6 +39,9 @@ enum class DecodeKernel { automatic, tensor_core, generic };
 // Query heads one thread block serves from one read of a KV head's data; wider groups are served in chunks.
 inline constexpr int decode_max_group = 8;
 
+// The kernels' compile-time group width for `group` query heads per KV head: 4, or 8 (in chunks) above 4.
+[[nodiscard]] constexpr int decode_group_width(int group) { return group <= 4 ? 4 : decode_max_group; }
+
 struct DecodePlan {
   DecodeShape shape;
   int group = 1;            // query heads per KV head
@@ -56,12 +59,20 @@ struct DecodePlan {
   }
 };
 
+// Most splits a plan may have (the split combine holds 8 log-sum-exps per lane).
+inline constexpr int decode_max_splits = 256;
+
 struct DecodeTuning {
-  int blocks_per_sm = 3;                       // resident blocks per SM the split count aims to fill (one wave)
+  // Resident thread blocks per SM, which sizes a wave. 0: the kernel's own occupancy, as measured by the device
+  // planner (kvq::cuda::plan_decode); the host planner then assumes 3 (the tensor-core kernel's on Hopper).
+  int blocks_per_sm = 0;
   std::int64_t min_split_bytes = 16 * 1024;    // a split reads at least this much KV data (amortises its merge)
-  int max_splits = 256;
+  int max_splits = decode_max_splits;          // at most decode_max_splits
   DecodeKernel kernel = DecodeKernel::automatic;
 };
+
+// Thread blocks per SM the host planner assumes when DecodeTuning::blocks_per_sm is 0.
+inline constexpr int decode_default_blocks_per_sm = 3;
 
 namespace detail {
 inline void check_decode_shape(const DecodeShape& s) {
@@ -75,30 +86,46 @@ inline void check_decode_shape(const DecodeShape& s) {
 }
 }  // namespace detail
 
-// Chooses the split count from the longest sequence, the KV bytes per token and head, and the SM count:
-// enough blocks to fill the GPU, but no split shorter than min_split_bytes of KV data.
+// Chooses the split count from the longest sequence, the KV bytes per token and head, and the SM count. Blocks of
+// one call all do about the same work, so the time follows the number of waves: the split count is the one that
+// fills its waves best (see `score`), with no split shorter than min_split_bytes of KV data.
 inline DecodePlan plan_decode(const DecodeShape& shape, std::int64_t max_length, double kv_bytes_per_token_head,
                               int sm_count, const DecodeTuning& tuning = {}) {
   detail::check_decode_shape(shape);
   require(max_length >= 0, ErrorCode::invalid_argument, "plan_decode: max_length " + std::to_string(max_length) + " is negative");
   require(max_length < (std::int64_t{1} << 31), ErrorCode::invalid_argument,
           "plan_decode: max_length " + std::to_string(max_length) + " is beyond the 2^31 tokens the kernel indexes");
-  require(sm_count > 0 && kv_bytes_per_token_head > 0 && tuning.blocks_per_sm > 0 && tuning.max_splits > 0 &&
+  require(sm_count > 0 && kv_bytes_per_token_head > 0 && tuning.blocks_per_sm >= 0 && tuning.max_splits > 0 &&
               tuning.min_split_bytes > 0,
           ErrorCode::invalid_argument, "plan_decode: sm_count, bytes per token and tuning values must be positive");
+  require(tuning.max_splits <= decode_max_splits, ErrorCode::invalid_argument,
+          "plan_decode: max_splits " + std::to_string(tuning.max_splits) + " is above " +
+              std::to_string(decode_max_splits) + ", the most the split combine takes");
   DecodePlan plan;
   plan.shape = shape;
   plan.max_length = max_length;
   plan.kernel = tuning.kernel;
   plan.group = shape.q_heads / shape.kv_heads;
-  plan.group_width = plan.group <= 4 ? 4 : decode_max_group;
+  plan.group_width = decode_group_width(plan.group);
   plan.head_chunks = (plan.group + plan.group_width - 1) / plan.group_width;
   const std::int64_t blocks = std::int64_t{std::max(shape.batch, 1)} * shape.kv_heads * plan.head_chunks;
-  const std::int64_t wanted = (std::int64_t{sm_count} * tuning.blocks_per_sm + blocks - 1) / blocks;
+  const std::int64_t slots =
+      std::int64_t{sm_count} * (tuning.blocks_per_sm > 0 ? tuning.blocks_per_sm : decode_default_blocks_per_sm);
   const std::int64_t min_tokens = std::max<std::int64_t>(
       32, static_cast<std::int64_t>(std::ceil(static_cast<double>(tuning.min_split_bytes) / kv_bytes_per_token_head)));
   const std::int64_t useful = std::max<std::int64_t>(1, (max_length + min_tokens - 1) / min_tokens);
-  plan.splits = static_cast<int>(std::clamp<std::int64_t>(std::min(wanted, useful), 1, tuning.max_splits));
+  // Candidates: up to two waves' worth of splits (more splits only add merge work once the GPU is full).
+  const std::int64_t most = std::clamp<std::int64_t>(std::min(useful, 2 * ((slots + blocks - 1) / blocks)), 1, tuning.max_splits);
+  // Score of a split count: the busy fraction of its waves, less 5% for each wave after the first (a wave adds
+  // each block's fixed cost once more); ties go to more splits (shorter blocks).
+  auto score = [&](std::int64_t splits) {
+    const std::int64_t busy = blocks * splits, waves = (busy + slots - 1) / slots;
+    return static_cast<double>(busy) / static_cast<double>(waves * slots) - 0.05 * static_cast<double>(waves - 1);
+  };
+  std::int64_t splits = 1;
+  for (std::int64_t s = 2; s <= most; ++s)
+    if (score(s) >= score(splits)) splits = s;
+  plan.splits = static_cast<int>(splits);
   if (plan.splits > 1) {
     const std::int64_t rows = std::int64_t{shape.batch} * shape.q_heads * plan.splits;
     plan.partial_offset = 0;

@@ -262,6 +262,23 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
 
 }  // namespace detail
 
+namespace detail {
+// Which kernel serves a tier over a view: the tensor-core kernel where it applies and the plan allows, else the
+// generic one; a plan that insists on tensor cores where they do not apply is an error naming the requirement.
+template <class Tier>
+bool takes_tensor_core_kernel(const CacheLayerView& view, DecodeKernel kernel) {
+  bool tensor_core = false;
+  if constexpr (tensor_core_decode_supported<Tier>)
+    tensor_core = kernel != DecodeKernel::generic && view.key_position == KeyPosition::post_rope &&
+                  view.page_tokens % 16 == 0 && view.page_bytes < (std::int64_t{1} << 31);
+  require(tensor_core || kernel != DecodeKernel::tensor_core, ErrorCode::invalid_argument,
+          "decode attention: the plan asks for the tensor-core kernel, which needs fp16 or per-token 2/4/8-bit "
+          "uniform pages (fp16 value scales), post-RoPE keys, head_dim 64 or 128, page_tokens a multiple of 16 and "
+          "pages under 2 GiB");
+  return tensor_core;
+}
+}  // namespace detail
+
 // KV bytes one token of one KV head costs in a tier's pages (codes and metadata of keys and values).
 template <class Tier>
 constexpr double kv_bytes_per_token_head() {
@@ -309,7 +326,8 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
   require(s.kv_heads == view.kv_heads, ErrorCode::invalid_argument,
           "decode attention: plan has " + std::to_string(s.kv_heads) + " KV heads, the cache " + std::to_string(view.kv_heads));
   require(plan.group == s.q_heads / s.kv_heads && (plan.group_width == 4 || plan.group_width == 8) &&
-              plan.head_chunks == (plan.group + plan.group_width - 1) / plan.group_width && plan.splits >= 1,
+              plan.head_chunks == (plan.group + plan.group_width - 1) / plan.group_width && plan.splits >= 1 &&
+              plan.splits <= decode_max_splits,
           ErrorCode::invalid_argument, "decode attention: the plan was not made by plan_decode for this shape");
   require(std::isfinite(attention.softmax_scale) && attention.softmax_scale >= 0.0f && std::isfinite(attention.soft_cap) &&
               attention.soft_cap >= 0.0f,
@@ -343,19 +361,16 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
                                             reinterpret_cast<unsigned*>(base + plan.counter_offset)};
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(s.kv_heads * plan.head_chunks),
                   static_cast<unsigned>(s.batch));
-  bool tensor_core = false;
-  if constexpr (detail::tensor_core_decode_supported<Tier>)
-    tensor_core = plan.kernel != DecodeKernel::generic && view.key_position == KeyPosition::post_rope &&
-                  view.page_tokens % 16 == 0;
-  require(tensor_core || plan.kernel != DecodeKernel::tensor_core, ErrorCode::invalid_argument,
-          "decode attention: the plan asks for the tensor-core kernel, which needs fp16 or per-token 2/4/8-bit "
-          "uniform pages (fp16 value scales), post-RoPE keys, head_dim 64 or 128 and page_tokens a multiple of 16");
+  const bool tensor_core = detail::takes_tensor_core_kernel<Tier>(view, plan.kernel);
   if constexpr (detail::tensor_core_decode_supported<Tier>) {
     if (tensor_core) {
+      const bool soft_cap = attention.soft_cap > 0.0f;
       if (plan.group_width == 4) {
-        detail::launch_decode_attention_mma<Tier, 4>(args, grid, stream);
+        soft_cap ? detail::launch_decode_attention_mma<Tier, 4, true>(args, grid, stream)
+                 : detail::launch_decode_attention_mma<Tier, 4, false>(args, grid, stream);
       } else {
-        detail::launch_decode_attention_mma<Tier, 8>(args, grid, stream);
+        soft_cap ? detail::launch_decode_attention_mma<Tier, 8, true>(args, grid, stream)
+                 : detail::launch_decode_attention_mma<Tier, 8, false>(args, grid, stream);
       }
       check_launch("decode attention (tensor cores)");
       return;
@@ -367,6 +382,52 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
     detail::decode_attention_kernel<Tier, 8><<<grid, detail::DecodeGeometry<d, 8>::threads, 0, stream>>>(args);
   }
   check_launch("decode attention");
+}
+
+// Resident thread blocks per SM of the kernel that decode_attention_async will launch for this tier, view, group
+// width and query/output types (the occupancy API on the current device).
+template <class Tier, TensorElement Query = f16, TensorElement Out = Query>
+int decode_blocks_per_sm(const CacheLayerView& view, int group_width, DecodeKernel kernel) {
+  require(group_width == 4 || group_width == 8, ErrorCode::invalid_argument, "decode attention: group width must be 4 or 8");
+  if constexpr (detail::tensor_core_decode_supported<Tier>) {
+    if (detail::takes_tensor_core_kernel<Tier>(view, kernel))
+      return group_width == 4 ? detail::mma_decode_blocks_per_sm<Tier, 4, Query, Out>()
+                              : detail::mma_decode_blocks_per_sm<Tier, 8, Query, Out>();
+  } else {
+    detail::takes_tensor_core_kernel<Tier>(view, kernel);  // refuses DecodeKernel::tensor_core
+  }
+  constexpr int d = Tier::KeyPolicy::head_dim;
+  int blocks = 0;
+  if (group_width == 4) {
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, detail::decode_attention_kernel<Tier, 4, Query, Out>,
+                                                        detail::DecodeGeometry<d, 4>::threads, 0),
+          "decode attention: occupancy");
+  } else {
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, detail::decode_attention_kernel<Tier, 8, Query, Out>,
+                                                        detail::DecodeGeometry<d, 8>::threads, 0),
+          "decode attention: occupancy");
+  }
+  return blocks;
+}
+
+// The device planner: plan_decode (kvq/attention/decode_plan.hpp) for one layer of a device cache, with the SM
+// count of the current device, the layer's KV bytes per token and, unless tuning.blocks_per_sm is set, the
+// measured occupancy of the kernel the call will take, so the split count fills whole waves. Query and Out are
+// the element types the calls will use (occupancy differs between them).
+template <TensorElement Query = f16, TensorElement Out = Query, class Tiers>
+DecodePlan plan_decode(const PagedKVCache<Tiers>& cache, int layer, const DecodeShape& shape, std::int64_t max_length,
+                       DecodeTuning tuning = {}) {
+  kvq::detail::check_decode_shape(shape);
+  const CacheLayerView view = cache.view(layer);
+  DecodePlan plan;
+  Tiers::visit(view.tier, [&]<class Tier>() {
+    if (tuning.blocks_per_sm == 0) {
+      const int width = decode_group_width(shape.q_heads / shape.kv_heads);
+      tuning.blocks_per_sm = std::max(1, decode_blocks_per_sm<Tier, Query, Out>(view, width, tuning.kernel));
+    }
+    plan = kvq::plan_decode(shape, max_length, kv_bytes_per_token_head<Tier>(), device_sm_count(), tuning);
+  });
+  return plan;
 }
 
 // The same for one layer of a device cache (its tier, parameters and RoPE table).

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kvq/attention/decode_plan.hpp"
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/core/element.hpp"
@@ -82,19 +83,59 @@ __device__ __forceinline__ void finish_decode_block(const Args& a, float (&merge
     __syncthreads();
     if (!last_block) return;
     __threadfence();
-    for (int i = threadIdx.x; i < heads_here * D; i += Threads) {
-      const int h = i / D, c = i % D;
-      const std::int64_t row0 = (std::int64_t{b} * a.q_heads + first_head + h) * a.splits;
+    // Combine in parallel (the last block is on the critical path of the whole call). One warp per head loads the
+    // splits' log2-sum-exp in one round trip (at most decode_max_splits, 8 a lane) and turns them into normalised
+    // weights, kept in shared memory (merge_acc[1..], free once the block result sits in merge_acc[0]) when they
+    // fit, else written over the log-sum-exps (no other block reads them before the next call rewrites them);
+    // then every thread sums four channels of one head over the splits, many loads in flight.
+    constexpr int per_lane = decode_max_splits / 32;
+    constexpr int scratch_floats = (Warps - 1) * GroupWidth * D;
+    static_assert(Warps >= 2, "kvq: the split weights use the merge rows of warps 1..");
+    const bool in_shared = heads_here * a.splits <= scratch_floats;
+    const int lane = threadIdx.x % 32;
+    for (int h = threadIdx.x / 32; h < heads_here; h += Threads / 32) {
+      float* const lse = a.lse + (std::int64_t{b} * a.q_heads + first_head + h) * a.splits;
+      float l[per_lane];
       float top = -INFINITY;
-      for (int s = 0; s < a.splits; ++s) top = fmaxf(top, __ldcg(a.lse + row0 + s));
-      float sum = 0.0f, o = 0.0f;
-      for (int s = 0; s < a.splits; ++s) {
-        const float l = __ldcg(a.lse + row0 + s);
-        const float f = l == -INFINITY ? 0.0f : exp2f(l - top);
-        sum += f;
-        o += f * __ldcg(a.partial + (row0 + s) * D + c);
+#pragma unroll
+      for (int k = 0; k < per_lane; ++k) {
+        const int s = lane + 32 * k;
+        l[k] = s < a.splits ? __ldcg(lse + s) : -INFINITY;
+        top = fmaxf(top, l[k]);
       }
-      merge_acc[0][h][c] = sum == 0.0f ? 0.0f : o / sum;
+#pragma unroll
+      for (int mask = 16; mask > 0; mask /= 2) top = fmaxf(top, __shfl_xor_sync(0xFFFFFFFFu, top, mask));
+      float sum = 0.0f;
+#pragma unroll
+      for (int k = 0; k < per_lane; ++k) {
+        l[k] = l[k] == -INFINITY ? 0.0f : exp2f(l[k] - top);  // a NaN log-sum-exp (NaN data) stays NaN
+        sum += l[k];
+      }
+#pragma unroll
+      for (int mask = 16; mask > 0; mask /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, mask);
+      const float inverse = sum == 0.0f ? 0.0f : 1.0f / sum;
+      float* const weights = in_shared ? &merge_acc[1][0][0] + h * a.splits : lse;
+#pragma unroll
+      for (int k = 0; k < per_lane; ++k)
+        if (lane + 32 * k < a.splits) weights[lane + 32 * k] = l[k] * inverse;
+    }
+    __threadfence_block();
+    __syncthreads();  // the weights (shared, or global writes of this block) are visible to all its threads
+    static_assert(D % 4 == 0);
+    for (int i = threadIdx.x; i < heads_here * (D / 4); i += Threads) {
+      const int h = i / (D / 4), c = i % (D / 4) * 4;
+      const std::int64_t row0 = (std::int64_t{b} * a.q_heads + first_head + h) * a.splits;
+      const float* const shared_weights = &merge_acc[1][0][0] + h * a.splits;
+      const float* const global_weights = a.lse + row0;
+      const float4* partial = reinterpret_cast<const float4*>(a.partial + row0 * D + c);
+      float4 o = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 16
+      for (int s = 0; s < a.splits; ++s) {
+        const float w = in_shared ? shared_weights[s] : __ldcg(global_weights + s);
+        const float4 x = __ldcg(partial + std::int64_t{s} * (D / 4));
+        o.x += w * x.x, o.y += w * x.y, o.z += w * x.z, o.w += w * x.w;
+      }
+      merge_acc[0][h][c] = o.x, merge_acc[0][h][c + 1] = o.y, merge_acc[0][h][c + 2] = o.z, merge_acc[0][h][c + 3] = o.w;
     }
     if (threadIdx.x == 0) *counter = 0u;  // ready for the next call (and the next graph replay)
     __syncthreads();

@@ -1,5 +1,5 @@
 // Warp-level primitives of the tensor-core attention kernel (sm_80+; movmatrix needs PTX 7.8): one fp16 x fp16
-// -> fp32 mma of shape m16n8k16, the 8x8 transpose that turns a score fragment into the operand of the next mma,
+// -> fp32 mma of shape m16n8k16 and one u8 x s8 -> s32 mma of shape m16n8k32, the 8x8 transpose that turns a score fragment into the operand of the next mma,
 // the "magic number" conversion of packed codes to fp16, and the cp.async copies that stage page bytes in shared
 // memory. Fragment layouts are PTX's (lane = 4 * group + thread_in_group):
 //   A (16x16, row): a[0] = (row g,   cols 2t, 2t+1)   a[1] = (row g+8, cols 2t, 2t+1)
@@ -25,11 +25,31 @@ __device__ __forceinline__ void mma_16x8x16(float (&c)[4], const std::uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// c += a * b, integers: a 16x32 unsigned 8-bit codes, b 32x8 signed 8-bit, c 32-bit (exact). Fragment layouts as
+// above with four 8-bit values per register: a[0] = (row g, cols 4t..4t+3), a[1] = (row g+8, cols 4t..4t+3),
+// a[2], a[3] the same for cols 16+4t..16+4t+3; b[0] = (rows 4t..4t+3, col g), b[1] = (rows 16+4t.., col g).
+__device__ __forceinline__ void mma_16x8x32_u8s8(int (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                                 std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // Transpose of an 8x8 fp16 matrix held one row pair per lane (row g, cols 2t, 2t+1): lane (g, t) receives
 // rows 2t, 2t+1 of column g, i.e. (transposed row g, cols 2t, 2t+1).
 __device__ __forceinline__ std::uint32_t transpose_8x8(std::uint32_t x) {
   std::uint32_t y;
   asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// 2^x in one MUFU.EX2 (relative error ~2^-22; results below 2^-126 flush to 0, -inf gives 0): exp2f adds a
+// range check and two multiplies around it to keep denormal results, which softmax weights do not need.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
 
@@ -61,9 +81,17 @@ static_assert(half_bits_of_integer(1024) == 0x6400u && half_bits_of_integer(1032
 // fp16 pair from 16-bit fields: `(x & mask) | 0x6400` is 1024 + code * multiplier for codes of up to 10 bits
 // (the "magic number" conversion); `fma(v, 1/multiplier, -(1024/multiplier + offset))` then gives code - offset
 // exactly, since every intermediate is a small integer or a power-of-two multiple of one.
+// (x & mask) | bits in one LOP3: written in C++ the compiler emits two, since each takes only one immediate.
+template <std::uint32_t Mask, std::uint32_t Bits>
+__device__ __forceinline__ std::uint32_t and_or(std::uint32_t x) {
+  std::uint32_t y;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(y) : "r"(x), "n"(Mask), "n"(Bits));
+  return y;
+}
+
 template <std::uint32_t Mask, int Multiplier, int Offset>
 __device__ __forceinline__ __half2 magic_codes(std::uint32_t x) {
-  const std::uint32_t biased = (x & (Mask | (Mask << 16))) | 0x64006400u;
+  const std::uint32_t biased = and_or<Mask | (Mask << 16), 0x64006400u>(x);
   if constexpr (Multiplier == 1) {
     constexpr std::uint32_t bias = both_halves(half_bits_of_integer(1024 + Offset));
     return __hsub2(bits_half2(biased), bits_half2(bias));

@@ -4,9 +4,10 @@
 // kernel. Supported: `Fp16Policy` and per-token `UniformPolicy` with 2, 4 or 8 bits (values: fp16 scales).
 //
 // Keys: the kernel scores Q.K^T with exact integer codes and applies each group's scale and zero point in fp32
-// after the mma, so the key path adds no rounding. A key word expands to `codes_per_word / 2` registers, each two
-// channels of one token; the order is whatever the bit tricks give cheaply (key_channel says which channels) and
-// the query operand is laid out in the same order.
+// after the mma, so the key path adds no rounding. Integer keys (`integer_keys`) expand a key word to
+// `octets_per_word` registers of four 8-bit codes for the integer mma (key_octet_channel says which codes);
+// fp16 keys give `codes_per_word / 2` registers of two fp16 channels (key_channel). The order is whatever the bit
+// tricks give cheaply, and the query operand is laid out in the same order.
 // Values: a lane holds two tokens side by side (the mma wants token pairs), so value words of two tokens expand
 // to registers of (token a, token b) of one channel, channels in order, dequantized to fp16 with each token's
 // scale and zero point.
@@ -45,6 +46,7 @@ struct TileFormat<Fp16Policy<HeadDim>> {
   static constexpr int group_size = HeadDim;  // one "group" with scale 1
   static constexpr int key_groups = 1;
 
+  static constexpr bool integer_keys = false;  // fp16 keys enter the fp16 mma as they are
   __host__ __device__ static constexpr int key_channel(int pair, int half) { return 2 * pair + half; }
   __device__ __forceinline__ static void key_pairs(std::uint32_t w, std::uint32_t (&out)[1]) { out[0] = w; }
   __device__ __forceinline__ static KeyMetaRaw load_key_meta(const std::uint8_t*, int) { return {0, 0}; }
@@ -104,6 +106,25 @@ struct TileFormat<UniformPolicy<Config>> {
 
   __device__ __forceinline__ static void key_pairs(std::uint32_t w, std::uint32_t (&out)[codes_per_word / 2]) {
     expand<0>(w, out, 0);  // exact codes; the zero point (or the symmetric offset) is applied in fp32
+  }
+
+  // Integer keys (the 8-bit integer mma): a key word expands to `octets_per_word` registers of four unsigned 8-bit
+  // codes, one mask (and shift) each; byte j of register i holds code key_octet_channel(i, j) of the word.
+  static constexpr bool integer_keys = true;
+  static constexpr int octets_per_word = codes_per_word / 4;
+  __host__ __device__ static constexpr int key_octet_channel(int octet, int byte) {
+    return bits == 8 ? byte : bits == 4 ? 2 * byte + octet : 4 * byte + octet;
+  }
+  __device__ __forceinline__ static void key_octets(std::uint32_t w, std::uint32_t (&out)[octets_per_word]) {
+    if constexpr (bits == 8) {
+      out[0] = w;
+    } else if constexpr (bits == 4) {
+      out[0] = w & 0x0F0F0F0Fu;
+      out[1] = (w >> 4) & 0x0F0F0F0Fu;
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) out[k] = (w >> (2 * k)) & 0x03030303u;
+    }
   }
 
   __device__ __forceinline__ static std::uint32_t field_bits(const std::uint8_t* meta, int index) {

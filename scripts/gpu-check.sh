@@ -7,15 +7,7 @@
 #   KVQ_SANITIZER_EXCLUDE=.. doctest test-case patterns left out of the compute-sanitizer runs (slow cases)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out=${OUT:-build/gpu-results}
-mkdir -p "$out"
-configure_args=()
-if [[ -n "${KVQ_DEPS_PREFIX:-}" ]]; then
-  prefix=$(realpath "$KVQ_DEPS_PREFIX")
-  configure_args+=("-DCMAKE_PREFIX_PATH=$prefix")
-  export LD_LIBRARY_PATH="$prefix/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-fi
-status=0
+source scripts/gpu-env.sh
 step() { echo "== $*"; }
 
 step "GPU"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"

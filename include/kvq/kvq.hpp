@@ -1,4 +1,5 @@
-// Umbrella header for kvq's host-compilable parts. Device kernels: #include <kvq/cuda/kvq.cuh>.
+// Umbrella header for kvq's host-compilable parts. Device kernels: #include <kvq/cuda/kvq.cuh>. Not included:
+// kvq/planner/hf_config.hpp, which needs nlohmann/json.
 #pragma once
 
 #include "kvq/attention/decode_plan.hpp"
@@ -17,6 +18,9 @@
 #include "kvq/core/scale_storage.hpp"
 #include "kvq/host/decode_attention.hpp"
 #include "kvq/host/quantize_tensor.hpp"
+#include "kvq/planner/memory_plan.hpp"
+#include "kvq/planner/model_presets.hpp"
+#include "kvq/planner/model_shape.hpp"
 #include "kvq/quant/codebook.hpp"
 #include "kvq/quant/concept.hpp"
 #include "kvq/quant/fp16.hpp"

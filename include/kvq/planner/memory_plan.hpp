@@ -40,7 +40,6 @@
 #include "kvq/cache/cache_config.hpp"
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
-#include "kvq/cache/page_layout.hpp"
 #include "kvq/cache/presets.hpp"
 #include "kvq/core/error.hpp"
 #include "kvq/planner/model_shape.hpp"

@@ -355,14 +355,12 @@ void write_plot(const Options& o) {
   for (std::size_t i = 0; i < models.size(); ++i) {
     const ModelShape& m = published_model(models[i]);
     const double weights = in_gib(weight_bytes(m, o.request.weights, o.request.assumptions.weight_group_size).total());
-    const double bottom = std::exp2(std::floor(std::log2(0.7 * weights)));  // a power of two below the weights
+    // A power of two below both the weights and the smallest GPU, so that every GPU line is on the chart.
+    const double bottom = std::exp2(std::floor(std::log2(0.7 * std::min(weights, gpus.front()))));
     gp += "unset arrow\nunset label\n";
-    std::string below;  // GPUs smaller than the chart's bottom: the weights alone do not fit them
+    std::string below;  // GPUs that the weights alone overflow
     for (double g : gpus) {
-      if (g < bottom) {
-        below += fmt::format("{}{:g}", below.empty() ? "" : ", ", g);
-        continue;
-      }
+      if (g < weights) below += fmt::format("{}{:g}", below.empty() ? "" : ", ", g);
       gp += fmt::format("set arrow from graph 0, first {0} to graph 1, first {0} nohead dt 2 lw 1.5 lc rgb 'gray40' front\n", g);
       gp += fmt::format("set label '{0:g} GB GPU' at graph 0.99, first {0} right offset 0,0.6 tc rgb 'gray30' front\n", g);
     }

@@ -22,7 +22,7 @@ void check_dispatch() {
   // name -> the type it must be, written out independently of BuiltinPresets.
   auto expect = [](std::string_view name, auto expected) {
     using Expected = typename decltype(expected)::type;
-    const bool same = visit_preset(name, D, []<class P>() { return std::is_same_v<P, Expected>; });
+    const bool same = visit_preset(name, D, [&]<class P>() { return std::is_same_v<P, Expected>; });
     CHECK_MESSAGE(same, name, " at head_dim ", D);
     visit_preset(name, D, [&]<class P>() {
       CHECK(P::name == name);

@@ -345,7 +345,7 @@ template <KVPreset P>
 }
 
 [[nodiscard]] inline PresetInfo preset_info(std::string_view name, int head_dim) {
-  return visit_preset(name, head_dim, []<class P>() { return preset_info<P>(); });
+  return visit_preset(name, head_dim, [&]<class P>() { return preset_info<P>(); });
 }
 
 [[nodiscard]] inline double effective_bits_per_element(std::string_view name, int head_dim, std::int64_t context) {

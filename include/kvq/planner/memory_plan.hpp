@@ -267,7 +267,7 @@ struct LargestContext {
   r.context = 1;
   detail::validate_plan_request(r);
   const PresetSettings settings =
-      visit_preset(r.kv_preset, r.model.head_dim, []<class P>() { return PresetSettings{P::settings}; });
+      visit_preset(r.kv_preset, r.model.head_dim, [&]<class P>() { return PresetSettings{P::settings}; });
   LargestContext result;
   result.search_limit =
       detail::max_plannable_context(r.model, r.batch, r.assumptions.page_tokens, settings.sink_tokens);

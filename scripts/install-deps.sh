@@ -2,13 +2,15 @@
 # Installs kvq's build/test dependencies on Debian/Ubuntu (idempotent).
 #
 #   cmake (>= 3.25), ninja-build, g++ (C++20), doctest-dev (tests),
-#   libfmt-dev (example), libbenchmark-dev (benchmarks).
+#   libfmt-dev (examples), libbenchmark-dev (benchmarks),
+#   nlohmann-json3-dev (config.json in the memory planner and its tests),
+#   gnuplot-nox (kvq_plan --plot, tested by CI).
 #
 # Runs apt-get only when something is missing and we are root (no sudo is
 # used). CUDA (nvcc >= 13) is not installed here; its presence is reported.
 set -euo pipefail
 
-PACKAGES=(cmake ninja-build g++ doctest-dev libfmt-dev libbenchmark-dev)
+PACKAGES=(cmake ninja-build g++ doctest-dev libfmt-dev libbenchmark-dev nlohmann-json3-dev gnuplot-nox)
 MIN_CMAKE=3.25
 
 die() { echo "install-deps: ERROR: $*" >&2; exit 1; }

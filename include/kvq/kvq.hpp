@@ -1,4 +1,5 @@
-// Umbrella header for kvq's host-compilable parts. Device kernels: #include <kvq/cuda/kvq.cuh>.
+// Umbrella header for kvq's host-compilable parts. Device kernels: #include <kvq/cuda/kvq.cuh>. Not included:
+// kvq/planner/hf_config.hpp, which needs nlohmann/json.
 #pragma once
 
 #include "kvq/attention/decode_plan.hpp"
@@ -6,6 +7,7 @@
 #include "kvq/cache/host_paged_cache.hpp"
 #include "kvq/cache/layer_tiers.hpp"
 #include "kvq/cache/page_layout.hpp"
+#include "kvq/cache/presets.hpp"
 #include "kvq/cache/sequence_table.hpp"
 #include "kvq/cache/token_address.hpp"
 #include "kvq/core/element.hpp"
@@ -16,10 +18,14 @@
 #include "kvq/core/scale_storage.hpp"
 #include "kvq/host/decode_attention.hpp"
 #include "kvq/host/quantize_tensor.hpp"
+#include "kvq/planner/memory_plan.hpp"
+#include "kvq/planner/model_presets.hpp"
+#include "kvq/planner/model_shape.hpp"
 #include "kvq/quant/codebook.hpp"
 #include "kvq/quant/concept.hpp"
 #include "kvq/quant/fp16.hpp"
 #include "kvq/quant/fp8.hpp"
+#include "kvq/quant/gaussian_codebook.hpp"
 #include "kvq/quant/outliers.hpp"
 #include "kvq/quant/packing.hpp"
 #include "kvq/quant/rotation.hpp"

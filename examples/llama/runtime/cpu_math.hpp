@@ -1,0 +1,19 @@
+// The dense arithmetic of the CPU backend: matrix products through OpenBLAS (cblas), the rest as plain loops.
+#pragma once
+
+#include <cstdint>
+
+#include "model/llama_model.hpp"
+
+namespace kvq::llama {
+
+// out[t][r] = sum_c weight[r][c] * in[t][c] for t < tokens: `tokens` rows of inputs through one projection.
+void project(const Matrix& weight, const float* in, std::int64_t tokens, float* out);
+
+// out[t] = in[t] / rms(in[t]) * weight, rms over `width` elements (+ epsilon inside the root).
+void rms_norm(const float* in, const float* weight, std::int64_t tokens, int width, float epsilon, float* out);
+
+// gate[i] = silu(gate[i]) * up[i]: SwiGLU's elementwise part.
+void swiglu(float* gate, const float* up, std::int64_t count);
+
+}  // namespace kvq::llama

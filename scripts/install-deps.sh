@@ -2,13 +2,14 @@
 # Installs kvq's build/test dependencies on Debian/Ubuntu (idempotent).
 #
 #   cmake (>= 3.25), ninja-build, g++ (C++20), doctest-dev (tests),
-#   libfmt-dev (example), libbenchmark-dev (benchmarks).
+#   libfmt-dev (example), libbenchmark-dev (benchmarks),
+#   nlohmann-json3-dev, libpcre2-dev, libopenblas-dev (the kvq_llama example).
 #
 # Runs apt-get only when something is missing and we are root (no sudo is
 # used). CUDA (nvcc >= 13) is not installed here; its presence is reported.
 set -euo pipefail
 
-PACKAGES=(cmake ninja-build g++ doctest-dev libfmt-dev libbenchmark-dev)
+PACKAGES=(cmake ninja-build g++ doctest-dev libfmt-dev libbenchmark-dev nlohmann-json3-dev libpcre2-dev libopenblas-dev)
 MIN_CMAKE=3.25
 
 die() { echo "install-deps: ERROR: $*" >&2; exit 1; }

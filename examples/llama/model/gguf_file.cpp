@@ -57,8 +57,9 @@ std::string format_dims(const std::vector<std::int64_t>& dims) {
 
 GgufFile::GgufFile(const std::string& path) : file_(std::make_unique<MappedFile>(path)) { parse(); }
 
-GgufValue GgufFile::read_value(ByteReader& reader, GgufValueType type, const std::string& key, int depth) {
-  const std::string what = "the value of " + key;
+// `what` ("the value of KEY") is built once per key, not per array element.
+GgufValue GgufFile::read_value(ByteReader& reader, GgufValueType type, const std::string& key, std::string_view what,
+                               int depth) {
   GgufValue result{type, {}};
   switch (type) {
     case GgufValueType::uint8: result.value = std::uint64_t{reader.read<std::uint8_t>(what)}; break;
@@ -73,24 +74,24 @@ GgufValue GgufFile::read_value(ByteReader& reader, GgufValueType type, const std
     case GgufValueType::float64: result.value = reader.read<double>(what); break;
     case GgufValueType::boolean: {
       const auto byte = reader.read<std::uint8_t>(what);
-      require(byte <= 1, ErrorCode::io_error, fmt::format("{}: key {}: bool value {} is neither 0 nor 1", path(), key, byte));
+      if (byte > 1) throw Error(ErrorCode::io_error, fmt::format("{}: key {}: bool value {} is neither 0 nor 1", path(), key, byte));
       result.value = byte == 1;
       break;
     }
     case GgufValueType::string: result.value = read_string(reader, what); break;
     case GgufValueType::array: {
       require(depth < max_array_depth, ErrorCode::io_error, fmt::format("{}: key {}: arrays nested too deeply", path(), key));
-      const auto element = reader.read<std::uint32_t>(what + " (array element type)");
+      const auto element = reader.read<std::uint32_t>(what);
       require(element <= static_cast<std::uint32_t>(GgufValueType::float64), ErrorCode::io_error,
               fmt::format("{}: key {}: unknown array element type {}", path(), key, element));
-      const auto count = reader.read<std::uint64_t>(what + " (array length)");
+      const auto count = reader.read<std::uint64_t>(what);
       const auto element_type = static_cast<GgufValueType>(element);
-      require(count <= reader.remaining() / minimum_value_bytes(element_type), ErrorCode::io_error,
-              fmt::format("{}: key {}: array of {} {} values cannot fit in the {} bytes left", path(), key, count,
-                          value_type_name(element_type), reader.remaining()));
+      if (count > reader.remaining() / minimum_value_bytes(element_type))
+        throw Error(ErrorCode::io_error, fmt::format("{}: key {}: array of {} {} values cannot fit in the {} bytes left", path(),
+                                                     key, count, value_type_name(element_type), reader.remaining()));
       GgufArray array{element_type, {}};
       array.items.reserve(static_cast<std::size_t>(count));
-      for (std::uint64_t i = 0; i < count; ++i) array.items.push_back(read_value(reader, element_type, key, depth + 1));
+      for (std::uint64_t i = 0; i < count; ++i) array.items.push_back(read_value(reader, element_type, key, what, depth + 1));
       result.value = std::move(array);
       break;
     }
@@ -121,7 +122,7 @@ void GgufFile::parse() {
     const auto type = reader.read<std::uint32_t>("the type of " + key);
     require(type <= static_cast<std::uint32_t>(GgufValueType::float64), ErrorCode::io_error,
             fmt::format("{}: key {}: unknown value type {}", path(), key, type));
-    GgufValue value = read_value(reader, static_cast<GgufValueType>(type), key, 0);
+    GgufValue value = read_value(reader, static_cast<GgufValueType>(type), key, "the value of " + key, 0);
     require(!values_.contains(key), ErrorCode::io_error, fmt::format("{}: key {} appears twice", path(), key));
     key_order_.push_back(key);
     values_.emplace(std::move(key), std::move(value));
@@ -259,8 +260,8 @@ std::vector<std::int64_t> GgufFile::integer_array(std::string_view key) const {
   result.reserve(array->items.size());
   for (const GgufValue& item : array->items) {
     if (const auto* u = std::get_if<std::uint64_t>(&item.value)) {
-      require(*u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()), ErrorCode::io_error,
-              fmt::format("{}: key {}: value {} is out of range", path(), key, *u));
+      if (*u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        throw Error(ErrorCode::io_error, fmt::format("{}: key {}: value {} is out of range", path(), key, *u));
       result.push_back(static_cast<std::int64_t>(*u));
     } else if (const auto* s = std::get_if<std::int64_t>(&item.value)) {
       result.push_back(*s);

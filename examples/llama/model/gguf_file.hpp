@@ -82,7 +82,7 @@ class GgufFile {
 
  private:
   void parse();
-  GgufValue read_value(ByteReader& reader, GgufValueType type, const std::string& key, int depth);
+  GgufValue read_value(ByteReader& reader, GgufValueType type, const std::string& key, std::string_view what, int depth);
 
   std::unique_ptr<MappedFile> file_;
   std::uint32_t version_ = 0;

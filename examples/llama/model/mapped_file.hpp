@@ -61,10 +61,11 @@ class ByteReader {
 
  private:
   const std::uint8_t* take(std::uint64_t count, std::string_view what) {
-    require(count <= remaining(), ErrorCode::io_error,
-            std::string(file_) + ": truncated at byte " + std::to_string(offset_) + " while reading " +
-                std::string(what) + " (" + std::to_string(count) + " bytes wanted, " + std::to_string(remaining()) +
-                " left)");
+    // Not require(): the message would be built on every read.
+    if (count > remaining())
+      throw Error(ErrorCode::io_error, std::string(file_) + ": truncated at byte " + std::to_string(offset_) +
+                                           " while reading " + std::string(what) + " (" + std::to_string(count) +
+                                           " bytes wanted, " + std::to_string(remaining()) + " left)");
     const std::uint8_t* at = bytes_.data() + offset_;
     offset_ += count;
     return at;

@@ -82,8 +82,9 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)), tokens_(spec_
   for (std::size_t id = 0; id < tokens_.size(); ++id) {
     if (tokens_[id].empty() || special_[id]) continue;  // empty: an id the file leaves unused
     const auto [it, inserted] = ids_.emplace(tokens_[id], static_cast<TokenId>(id));
-    require(inserted, ErrorCode::io_error,
-            fmt::format("{}: token \"{}\" appears twice (ids {} and {})", source, tokens_[id], it->second, id));
+    if (!inserted)
+      throw Error(ErrorCode::io_error,
+                  fmt::format("{}: token \"{}\" appears twice (ids {} and {})", source, tokens_[id], it->second, id));
   }
   // A vocabulary may lack the stand-ins of bytes its training text never had (SmolLM2 has no token for 21 of
   // them: some control characters and bytes that valid UTF-8 never contains). Such bytes are dropped when
@@ -101,8 +102,9 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)), tokens_(spec_
   for (std::size_t rank = 0; rank < spec_.merges.size(); ++rank) {
     const auto& [left, right] = spec_.merges[rank];
     const auto l = ids_.find(left), r = ids_.find(right), joined = ids_.find(left + right);
-    require(l != ids_.end() && r != ids_.end() && joined != ids_.end(), ErrorCode::io_error,
-            fmt::format("{}: merge {} (\"{} {}\") names a token that is not in the vocabulary", source, rank, left, right));
+    if (l == ids_.end() || r == ids_.end() || joined == ids_.end())
+      throw Error(ErrorCode::io_error,
+                  fmt::format("{}: merge {} (\"{} {}\") names a token that is not in the vocabulary", source, rank, left, right));
     // A repeated pair keeps its first (lowest) rank, as tokenizers does.
     merges_.emplace(pair_key(l->second, r->second), Merge{static_cast<int>(rank), joined->second});
   }
@@ -142,9 +144,8 @@ std::vector<TokenId> Tokenizer::stop_ids() const {
 }
 
 std::vector<TokenId> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
-  std::size_t bad = 0;
-  require(is_valid_utf8(text, &bad), ErrorCode::invalid_argument,
-          fmt::format("tokenizer: the text is not valid UTF-8 (byte {})", bad));
+  if (std::size_t bad = 0; !is_valid_utf8(text, &bad))
+    throw Error(ErrorCode::invalid_argument, fmt::format("tokenizer: the text is not valid UTF-8 (byte {})", bad));
   std::vector<TokenId> ids;
   if (add_bos) {
     require(spec_.bos_id.has_value(), ErrorCode::invalid_argument, spec_.source + ": the tokenizer has no bos token");

@@ -71,8 +71,10 @@ PreTokenizer::PreTokenizer(const std::vector<std::string>& patterns, bool add_pr
 
 std::vector<std::string> PreTokenizer::split(std::string_view text) const {
   std::vector<std::string> pieces;
-  if (add_prefix_space_ && !text.empty() && text.front() != ' ') pieces.push_back(" " + std::string(text));
-  else pieces.emplace_back(text);
+  std::string whole;
+  if (add_prefix_space_ && !text.empty() && text.front() != ' ') whole += ' ';
+  whole.append(text);
+  pieces.push_back(std::move(whole));
   for (const RegexSplitter& step : steps_) {
     std::vector<std::string> next;
     next.reserve(pieces.size() * 2);

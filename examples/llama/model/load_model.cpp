@@ -50,9 +50,9 @@ LlamaWeights read_weights(const LlamaConfig& c, const TensorReader& read, const 
   LlamaWeights w;
   const std::int64_t q_width = std::int64_t{c.q_heads} * c.head_dim, kv_width = std::int64_t{c.kv_heads} * c.head_dim;
   w.embedding = read_matrix(read, names.embedding, c.vocabulary, c.hidden);
-  w.layers.resize(static_cast<std::size_t>(c.layers));
+  // Layer by layer, so that a corrupted layer count fails at the first missing tensor rather than allocating first.
   for (int layer = 0; layer < c.layers; ++layer) {
-    LayerWeights& l = w.layers[static_cast<std::size_t>(layer)];
+    LayerWeights& l = w.layers.emplace_back();
     l.attention_norm = read(names.layer(layer, "attention_norm"), {c.hidden});
     l.query = read_matrix(read, names.layer(layer, "query"), q_width, c.hidden);
     l.key = read_matrix(read, names.layer(layer, "key"), kv_width, c.hidden);
@@ -173,6 +173,8 @@ LlamaModel load_gguf_model(const std::filesystem::path& path) {
   TokenizerSpec tokenizer = tokenizer_from_gguf(file);
   c.vocabulary = to_int(file.optional_integer("llama.vocab_size").value_or(static_cast<std::int64_t>(tokenizer.tokens.size())),
                         name, "llama.vocab_size");
+  require(tokenizer.tokens.size() <= static_cast<std::size_t>(c.vocabulary), ErrorCode::io_error,
+          fmt::format("{}: the tokenizer has {} tokens for a vocabulary of {}", name, tokenizer.tokens.size(), c.vocabulary));
   c.tied_embeddings = file.find_tensor("output.weight") == nullptr;
   validate_config(c, name);
   read_gguf_rope_scaling(file, c);
@@ -196,9 +198,12 @@ LlamaModel load_gguf_model(const std::filesystem::path& path) {
   return model;
 }
 
-LlamaModel load_hugging_face_model(const std::filesystem::path& directory) {
+namespace {
+
+LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
   const std::filesystem::path config_path = directory / "config.json";
   const json config = read_json_file(config_path);
+  require(config.is_object(), ErrorCode::io_error, config_path.string() + ": not a JSON object");
   const auto model_type = json_value_or<std::string>(config, "model_type", "", config_path);
   require(model_type == "llama", ErrorCode::io_error,
           fmt::format("{}: model_type is \"{}\"; this example runs \"llama\" models", config_path.string(), model_type));
@@ -301,6 +306,17 @@ LlamaModel load_hugging_face_model(const std::filesystem::path& directory) {
   LlamaModel model{c, read_weights(c, read, names, has_output), Tokenizer(std::move(tokenizer)), directory.string(), ""};
   model.description = fmt::format("Hugging Face safetensors, {} file{}", shards.size(), shards.size() == 1 ? "" : "s");
   return model;
+}
+
+}  // namespace
+
+LlamaModel load_hugging_face_model(const std::filesystem::path& directory) {
+  try {
+    return read_hugging_face_model(directory);
+  } catch (const nlohmann::json::exception& e) {
+    // A JSON value of an unexpected type that the checks above do not look at: still a malformed checkpoint.
+    throw Error(ErrorCode::io_error, directory.string() + ": unexpected content in a JSON file: " + e.what());
+  }
 }
 
 LlamaModel load_model(const std::filesystem::path& path) {

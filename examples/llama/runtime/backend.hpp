@@ -1,7 +1,7 @@
 // The seam between the generation loop and where the model runs. A backend owns the KV cache and its scratch
 // buffers and runs tokens through the model; generate() (generate.hpp) only sees this interface.
 //
-// Backends: the CPU backend (cpu_backend.hpp: BLAS matrix products, kvq::HostPagedKVCache, kvq's host attention),
+// Backends: the CPU backend (make_cpu_backend in cpu_backend.hpp: BLAS matrix products, kvq::HostPagedKVCache, kvq's host attention),
 // which is also the reference for checking others. A GPU backend (cuBLAS, kvq::cuda::PagedKVCache, the kvq decode
 // and chunked-prefill attention kernels) goes beside it: a make_gpu_backend() with the same options returning this
 // interface, built only when CUDA is enabled. Nothing above this file changes.
@@ -46,8 +46,5 @@ class Backend {
   [[nodiscard]] virtual KvCacheReport kv_cache() const = 0;
   virtual void reset() = 0;  // empties the sequence
 };
-
-// The model must outlive the backend (weights are not copied).
-std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCacheOptions& options);
 
 }  // namespace kvq::llama

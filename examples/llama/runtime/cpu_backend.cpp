@@ -10,6 +10,7 @@
 #include "kvq/host/decode_attention.hpp"
 #include "runtime/cpu_math.hpp"
 #include "runtime/kv_presets.hpp"
+#include "runtime/prefill_attention.hpp"
 
 namespace kvq::llama {
 namespace {
@@ -19,8 +20,8 @@ class CpuBackend final : public Backend {
  public:
   static constexpr int head_dim = Tiers::head_dim;
 
-  CpuBackend(const LlamaModel& model, const KvCacheOptions& options, const CacheConfig& cache_config)
-      : model_(model), options_(options), cache_(cache_config, std::numeric_limits<std::int64_t>::max()) {
+  CpuBackend(const LlamaModel& model, const CacheConfig& cache_config)
+      : model_(model), cache_(cache_config, std::numeric_limits<std::int64_t>::max()) {
     logits_.resize(static_cast<std::size_t>(model.config.vocabulary));
   }
 
@@ -147,7 +148,6 @@ class CpuBackend final : public Backend {
   }
 
   const LlamaModel& model_;
-  KvCacheOptions options_;
   HostPagedKVCache<Tiers> cache_;
   std::vector<float> hidden_, normed_, projected_, query_, attention_, key_, value_, gate_, up_, logits_;
   std::vector<double> decoded_;
@@ -169,7 +169,7 @@ std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCache
   config.rope = c.rope;
   config.layer_tier = kv_layer_tiers(c.layers, options.preset, options.layer_presets);
   return dispatch_kv_tiers(c.head_dim, [&]<class Tiers>() -> std::unique_ptr<Backend> {
-    return std::make_unique<CpuBackend<Tiers>>(model, options, config);
+    return std::make_unique<CpuBackend<Tiers>>(model, config);
   });
 }
 

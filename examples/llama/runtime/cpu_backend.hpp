@@ -6,22 +6,17 @@
 // RoPE on the queries (kvq::apply_rope; the cache rotates the keys itself as it stores them, KeyPosition::post_rope),
 // cache.write(keys, values), attention, output projection, RMSNorm, SwiGLU MLP. Attention for one token is
 // kvq::decode_attention_reference; for a prefill chunk it is causal attention over the same cache reads
-// (kvq::read_attention_token), each query seeing the tokens up to its own position, in double like the reference.
+// (prefill_attention.hpp), each query seeing the tokens up to its own position, in double like the reference.
 #pragma once
 
-#include "kvq/cache/layer_view.hpp"
-#include "kvq/core/rope.hpp"
+#include <memory>
+
 #include "runtime/backend.hpp"
 
 namespace kvq::llama {
 
-// Causal attention of `count` queries at positions [first, first + count) of sequence 0 over a host cache layer
-// that already holds them: out[i] attends to tokens [0, first + i]. query/out: [count][q_heads][head_dim].
-// Exposed for the test that checks it against kvq::decode_attention_reference token by token.
-template <class Tier>
-void prefill_attention(const CacheLayerView& view, const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style,
-                       std::int64_t first, std::int64_t count, const float* query, int q_heads, float* out);
+// kvq::Error(invalid_argument) for an unknown KV format or a head_dim the cache is not compiled for. The model
+// must outlive the backend (weights are not copied).
+std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCacheOptions& options);
 
 }  // namespace kvq::llama
-
-#include "runtime/prefill_attention.hpp"

@@ -1,16 +1,25 @@
-// Definition of kvq::llama::prefill_attention (declared in cpu_backend.hpp).
+// Causal attention for a prefill chunk over a kvq host cache layer that already holds the chunk's keys and
+// values: what kvq::decode_attention_reference computes for one query, done for `count` queries with every key
+// and value read (and dequantized) once per chunk and KV head instead of once per query. Tokens are read with
+// kvq::read_attention_token, exactly as the reference reads them; scores, softmax and sums run in double.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
+#include "kvq/core/error.hpp"
+#include "kvq/core/rope.hpp"
 #include "kvq/host/decode_attention.hpp"
 
 namespace kvq::llama {
 
+// Queries at positions [first, first + count) of sequence 0; out[i] attends to tokens [0, first + i].
+// query/out: [count][q_heads][head_dim] floats.
 template <class Tier>
 void prefill_attention(const CacheLayerView& view, const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style,
                        std::int64_t first, std::int64_t count, const float* query, int q_heads, float* out) {

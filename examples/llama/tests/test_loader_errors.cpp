@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "model/gguf_file.hpp"
 #include "model/llama_model.hpp"
@@ -231,4 +232,42 @@ TEST_CASE("safetensors and Hugging Face checkpoint errors") {
     CHECK(load_error(checkpoint).find("config.json: key intermediate_size has the wrong type (string)") != std::string::npos);
   }
   CHECK(load_error(dir / "nowhere").find("nowhere: no such file or directory") != std::string::npos);
+}
+
+TEST_CASE("GGUF and tokenizer.json with random corruptions: a kvq::Error or a model, nothing else") {
+  // Byte changes anywhere in the metadata and tensor infos: whatever they hit (a length, a count, a type, a
+  // key, a token), loading must end in kvq::Error or in a model -- no other exception, no crash, no huge
+  // allocation. Seeded, so a failure repeats.
+  TempDir dir;
+  const TinyModel model = make_tiny_model(4);
+  const GgufWriter writer = tiny_gguf(model);
+  const std::string good = writer.bytes();
+  std::mt19937 random(2024);
+  int errors = 0, loaded = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string bytes = good;
+    const int changes = 1 + static_cast<int>(random() % 3);
+    for (int c = 0; c < changes; ++c) bytes[random() % writer.header_bytes()] = static_cast<char>(random());
+    write_file(dir / "fuzz.gguf", bytes);
+    try {
+      static_cast<void>(load_model(dir / "fuzz.gguf"));
+      ++loaded;
+    } catch (const kvq::Error&) {
+      ++errors;
+    }
+  }
+  CHECK(errors > 0);
+  MESSAGE("GGUF corruptions: ", errors, " refused, ", loaded, " loaded (a changed weight name or token text can still load)");
+
+  write_tiny_hugging_face(model, dir / "hf", "F32", 1);
+  const std::string tokenizer = read_file(dir / "hf" / "tokenizer.json");
+  for (int trial = 0; trial < 100; ++trial) {
+    std::string text = tokenizer;
+    text[random() % text.size()] = "{}[]\",:0a \\"[random() % 11];
+    write_file(dir / "hf" / "tokenizer.json", text);
+    try {
+      static_cast<void>(load_model(dir / "hf"));
+    } catch (const kvq::Error&) {
+    }
+  }
 }

@@ -148,10 +148,13 @@ TokenizerSpec tokenizer_from_gguf(const GgufFile& file) {
   return spec;
 }
 
-TokenizerSpec tokenizer_from_json(const std::filesystem::path& tokenizer_json,
+namespace {
+
+TokenizerSpec read_tokenizer_json(const std::filesystem::path& tokenizer_json,
                                   const std::optional<std::filesystem::path>& tokenizer_config) {
   const std::filesystem::path& file = tokenizer_json;
   const json root = read_json_file(file);
+  require(root.is_object(), ErrorCode::io_error, file.string() + ": not a JSON object");
   TokenizerSpec spec;
   spec.source = file.string();
   const json& model = root.contains("model") ? root["model"] : json();
@@ -228,6 +231,18 @@ TokenizerSpec tokenizer_from_json(const std::filesystem::path& tokenizer_json,
   }
   add_end_of_turn_tokens(spec);
   return spec;
+}
+
+}  // namespace
+
+TokenizerSpec tokenizer_from_json(const std::filesystem::path& tokenizer_json,
+                                  const std::optional<std::filesystem::path>& tokenizer_config) {
+  try {
+    return read_tokenizer_json(tokenizer_json, tokenizer_config);
+  } catch (const nlohmann::json::exception& e) {
+    // A value of an unexpected JSON type somewhere the checks above do not look: still the file's fault.
+    throw Error(ErrorCode::io_error, tokenizer_json.string() + ": unexpected content: " + e.what());
+  }
 }
 
 }  // namespace kvq::llama

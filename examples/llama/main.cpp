@@ -9,6 +9,8 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,6 +32,7 @@ using kvq::require;
 constexpr const char* usage = R"(usage: kvq_llama --model PATH [options]
   --model PATH         GGUF file, or Hugging Face directory (config.json, tokenizer.json, *.safetensors)
   --prompt TEXT        prompt (default "The capital of France is")
+  --prompt-file PATH   prompt read from a UTF-8 file instead
   --tokens N           tokens to generate (default 32)
   --kv FORMAT          KV cache format of every layer: {} (default fp16)
   --kv-layer L=FORMAT  format of layer L (repeatable), e.g. --kv int8 --kv-layer 0=fp16
@@ -65,6 +68,14 @@ T parse_number(std::string_view flag, std::string_view text) {
   return value;
 }
 
+std::string read_text(const std::string& path) {
+  std::ifstream stream(path, std::ios::binary);
+  require(stream.good(), ErrorCode::io_error, "--prompt-file: cannot open " + path);
+  std::ostringstream text;
+  text << stream.rdbuf();
+  return text.str();
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -81,6 +92,7 @@ Options parse(int argc, char** argv) {
     const std::string_view value = argv[++i];
     if (flag == "--model") o.model = value;
     else if (flag == "--prompt") o.prompt = value;
+    else if (flag == "--prompt-file") o.prompt = read_text(std::string(value));
     else if (flag == "--tokens") o.tokens = parse_number<int>(flag, value);
     else if (flag == "--kv") o.kv.preset = value;
     else if (flag == "--kv-layer") {
@@ -130,7 +142,15 @@ int run(int argc, char** argv) {
   generation.chunk_tokens = options.chunk;
   generation.sampling = options.sampling;
   generation.stop_ids = model.tokenizer.stop_ids();
-  fmt::print("{}", options.prompt);
+  // The prompt is echoed before the continuation; a long one only by its last 300 bytes (whole characters).
+  std::string_view echo = options.prompt;
+  if (echo.size() > 300) {
+    std::size_t start = echo.size() - 300;
+    while (start < echo.size() && (static_cast<unsigned char>(echo[start]) & 0xC0) == 0x80) ++start;
+    echo = echo.substr(start);
+    fmt::print("[...] ");
+  }
+  fmt::print("{}", echo);
   std::fflush(stdout);
   const GenerationResult result = generate(*backend, model.tokenizer, prompt, generation, [](std::string_view piece) {
     fmt::print("{}", piece);

@@ -6,7 +6,7 @@
 // RoPE on the queries (kvq::apply_rope; the cache rotates the keys itself as it stores them, KeyPosition::post_rope),
 // cache.write(keys, values), attention, output projection, RMSNorm, SwiGLU MLP. Attention for one token is
 // kvq::decode_attention_reference; for a prefill chunk it is causal attention over the same cache reads
-// (prefill_attention.hpp), each query seeing the tokens up to its own position, in double like the reference.
+// (prefill_attention.hpp), each query seeing the tokens up to its own position, its products through BLAS.
 #pragma once
 
 #include <memory>

@@ -10,8 +10,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -90,24 +90,40 @@ Options parse(int argc, char** argv) {
     }
     require(i + 1 < argc, ErrorCode::invalid_argument, fmt::format("{} needs a value (see --help)", flag));
     const std::string_view value = argv[++i];
-    if (flag == "--model") o.model = value;
-    else if (flag == "--prompt") o.prompt = value;
-    else if (flag == "--prompt-file") o.prompt = read_text(std::string(value));
-    else if (flag == "--tokens") o.tokens = parse_number<int>(flag, value);
-    else if (flag == "--kv") o.kv.preset = value;
+    if (flag == "--model")
+      o.model = value;
+    else if (flag == "--prompt")
+      o.prompt = value;
+    else if (flag == "--prompt-file")
+      o.prompt = read_text(std::string(value));
+    else if (flag == "--tokens")
+      o.tokens = parse_number<int>(flag, value);
+    else if (flag == "--kv")
+      o.kv.preset = value;
     else if (flag == "--kv-layer") {
       const std::size_t equals = value.find('=');
-      require(equals != std::string_view::npos, ErrorCode::invalid_argument, "--kv-layer wants LAYER=FORMAT, e.g. 0=fp16");
-      o.kv.layer_presets.emplace_back(parse_number<int>(flag, value.substr(0, equals)), std::string(value.substr(equals + 1)));
-    } else if (flag == "--chunk") o.chunk = parse_number<int>(flag, value);
-    else if (flag == "--context") o.context = parse_number<std::int64_t>(flag, value);
-    else if (flag == "--sinks") o.kv.sink_tokens = parse_number<int>(flag, value);
-    else if (flag == "--window") o.kv.window_tokens = parse_number<int>(flag, value);
-    else if (flag == "--temperature") o.sampling.temperature = parse_number<float>(flag, value);
-    else if (flag == "--top-p") o.sampling.top_p = parse_number<float>(flag, value);
-    else if (flag == "--seed") o.sampling.seed = parse_number<std::uint64_t>(flag, value);
-    else if (flag == "--system") o.system = std::string(value);
-    else throw kvq::Error(ErrorCode::invalid_argument, fmt::format("unknown flag {} (see --help)", flag));
+      require(equals != std::string_view::npos, ErrorCode::invalid_argument,
+              "--kv-layer wants LAYER=FORMAT, e.g. 0=fp16");
+      o.kv.layer_presets.emplace_back(parse_number<int>(flag, value.substr(0, equals)),
+                                      std::string(value.substr(equals + 1)));
+    } else if (flag == "--chunk")
+      o.chunk = parse_number<int>(flag, value);
+    else if (flag == "--context")
+      o.context = parse_number<std::int64_t>(flag, value);
+    else if (flag == "--sinks")
+      o.kv.sink_tokens = parse_number<int>(flag, value);
+    else if (flag == "--window")
+      o.kv.window_tokens = parse_number<int>(flag, value);
+    else if (flag == "--temperature")
+      o.sampling.temperature = parse_number<float>(flag, value);
+    else if (flag == "--top-p")
+      o.sampling.top_p = parse_number<float>(flag, value);
+    else if (flag == "--seed")
+      o.sampling.seed = parse_number<std::uint64_t>(flag, value);
+    else if (flag == "--system")
+      o.system = std::string(value);
+    else
+      throw kvq::Error(ErrorCode::invalid_argument, fmt::format("unknown flag {} (see --help)", flag));
   }
   require(!o.model.empty(), ErrorCode::invalid_argument, "--model is required (see --help)");
   return o;
@@ -122,14 +138,15 @@ int run(int argc, char** argv) {
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const LlamaConfig& c = model.config;
   fmt::print("model: {} ({})\n", model.source, model.description);
-  fmt::print("       {} layers, hidden {}, MLP {}, {} query / {} KV heads of {}, vocabulary {}, rope theta {}{}, {} "
-             "embeddings; loaded in {:.2f} s\n",
-             c.layers, c.hidden, c.ffn, c.q_heads, c.kv_heads, c.head_dim, c.vocabulary, c.rope.theta,
-             c.rope.scaling == kvq::RopeScaling::llama3 ? fmt::format(" (llama3 scaling x{})", c.rope.factor) : "",
-             c.tied_embeddings ? "tied" : "separate", load_seconds);
+  fmt::print(
+      "       {} layers, hidden {}, MLP {}, {} query / {} KV heads of {}, vocabulary {}, rope theta {}{}, {} "
+      "embeddings; loaded in {:.2f} s\n",
+      c.layers, c.hidden, c.ffn, c.q_heads, c.kv_heads, c.head_dim, c.vocabulary, c.rope.theta,
+      c.rope.scaling == kvq::RopeScaling::llama3 ? fmt::format(" (llama3 scaling x{})", c.rope.factor) : "",
+      c.tied_embeddings ? "tied" : "separate", load_seconds);
 
-  const std::string text = options.chat ? format_chat(model.tokenizer.chat_template(), options.prompt, options.system)
-                                        : options.prompt;
+  const std::string text =
+      options.chat ? format_chat(model.tokenizer.chat_template(), options.prompt, options.system) : options.prompt;
   const std::vector<TokenId> prompt = model.tokenizer.encode(text, model.tokenizer.add_bos());
   KvCacheOptions kv = options.kv;
   kv.max_tokens = options.context.value_or(static_cast<std::int64_t>(prompt.size()) + std::max(options.tokens, 1));
@@ -150,7 +167,7 @@ int run(int argc, char** argv) {
     echo = echo.substr(start);
     fmt::print("[...] ");
   }
-  fmt::print("{}", echo);
+  fmt::print("{}{}", echo, options.chat ? "\n" : "");
   std::fflush(stdout);
   const GenerationResult result = generate(*backend, model.tokenizer, prompt, generation, [](std::string_view piece) {
     fmt::print("{}", piece);
@@ -165,9 +182,11 @@ int run(int argc, char** argv) {
   fmt::print("decode: {} steps in {:.3f} s, {:.2f} tokens/s, {:.1f} ms per step\n", result.decode_steps,
              result.decode_seconds, result.decode_tokens_per_second(),
              result.decode_steps > 0 ? 1000.0 * result.decode_seconds / result.decode_steps : 0.0);
-  fmt::print("KV cache: {}; {:.0f} bytes per token (all layers); {} tokens = {} in use, {} allocated for {} tokens\n",
-             report.format, report.bytes_per_token, report.tokens, mebibytes(report.bytes_per_token * report.tokens),
-             mebibytes(static_cast<double>(report.allocated_bytes)), kv.max_tokens);
+  fmt::print(
+      "KV cache: {}; {:.0f} bytes per quantized token (all layers); {} tokens = {} at that rate; {} allocated "
+      "for {} tokens\n",
+      report.format, report.bytes_per_token, report.tokens, mebibytes(report.bytes_per_token * report.tokens),
+      mebibytes(static_cast<double>(report.allocated_bytes)), kv.max_tokens);
   return 0;
 }
 

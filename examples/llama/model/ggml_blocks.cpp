@@ -61,19 +61,18 @@ std::optional<GgmlTypeInfo> supported_ggml_type(std::uint32_t type) {
 
 std::string ggml_type_name(std::uint32_t type) {
   // Ids from ggml's enum ggml_type; the gaps (4, 5) are types ggml removed.
-  static constexpr const char* names[] = {
-      "F32",  "F16",  "Q4_0", "Q4_1", nullptr, nullptr, "Q5_0", "Q5_1",   "Q8_0",  "Q8_1",  "Q2_K",
-      "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",  "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
-      "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16"};
-  if (type < std::size(names) && names[type] != nullptr) return std::string(names[type]) + " (" + std::to_string(type) + ")";
+  static constexpr const char* names[] = {"F32",     "F16",    "Q4_0",    "Q4_1",  nullptr,  nullptr, "Q5_0",  "Q5_1",
+                                          "Q8_0",    "Q8_1",   "Q2_K",    "Q3_K",  "Q4_K",   "Q5_K",  "Q6_K",  "Q8_K",
+                                          "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
+                                          "I8",      "I16",    "I32",     "I64",   "F64",    "IQ1_M", "BF16"};
+  if (type < std::size(names) && names[type] != nullptr)
+    return std::string(names[type]) + " (" + std::to_string(type) + ")";
   return "unknown type " + std::to_string(type);
 }
 
 void dequantize_ggml(GgmlType type, const std::uint8_t* data, std::uint64_t elements, float* out) {
   switch (type) {
-    case GgmlType::f32:
-      std::memcpy(out, data, elements * 4);
-      return;
+    case GgmlType::f32: std::memcpy(out, data, elements * 4); return;
     case GgmlType::f16:
       for (std::uint64_t i = 0; i < elements; ++i) out[i] = read_f16(data + 2 * i);
       return;

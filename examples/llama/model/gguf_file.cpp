@@ -34,12 +34,19 @@ const char* value_type_name(GgufValueType type) {
 // The fewest bytes one value of `type` occupies, so that an array count can be checked against what is left.
 std::uint64_t minimum_value_bytes(GgufValueType type) {
   switch (type) {
-    case GgufValueType::uint8: case GgufValueType::int8: case GgufValueType::boolean: return 1;
-    case GgufValueType::uint16: case GgufValueType::int16: return 2;
-    case GgufValueType::uint32: case GgufValueType::int32: case GgufValueType::float32: return 4;
-    case GgufValueType::uint64: case GgufValueType::int64: case GgufValueType::float64: return 8;
-    case GgufValueType::string: return 8;   // the length
-    case GgufValueType::array: return 12;   // element type and count
+    case GgufValueType::uint8:
+    case GgufValueType::int8:
+    case GgufValueType::boolean: return 1;
+    case GgufValueType::uint16:
+    case GgufValueType::int16: return 2;
+    case GgufValueType::uint32:
+    case GgufValueType::int32:
+    case GgufValueType::float32: return 4;
+    case GgufValueType::uint64:
+    case GgufValueType::int64:
+    case GgufValueType::float64: return 8;
+    case GgufValueType::string: return 8;  // the length
+    case GgufValueType::array: return 12;  // element type and count
   }
   return 1;
 }
@@ -51,9 +58,7 @@ std::string read_string(ByteReader& reader, std::string_view what) {
 
 }  // namespace
 
-std::string format_dims(const std::vector<std::int64_t>& dims) {
-  return fmt::format("[{}]", fmt::join(dims, ", "));
-}
+std::string format_dims(const std::vector<std::int64_t>& dims) { return fmt::format("[{}]", fmt::join(dims, ", ")); }
 
 GgufFile::GgufFile(const std::string& path) : file_(std::make_unique<MappedFile>(path)) { parse(); }
 
@@ -74,29 +79,35 @@ GgufValue GgufFile::read_value(ByteReader& reader, GgufValueType type, const std
     case GgufValueType::float64: result.value = reader.read<double>(what); break;
     case GgufValueType::boolean: {
       const auto byte = reader.read<std::uint8_t>(what);
-      if (byte > 1) throw Error(ErrorCode::io_error, fmt::format("{}: key {}: bool value {} is neither 0 nor 1", path(), key, byte));
+      if (byte > 1)
+        throw Error(ErrorCode::io_error,
+                    fmt::format("{}: key {}: bool value {} is neither 0 nor 1", path(), key, byte));
       result.value = byte == 1;
       break;
     }
     case GgufValueType::string: result.value = read_string(reader, what); break;
     case GgufValueType::array: {
-      require(depth < max_array_depth, ErrorCode::io_error, fmt::format("{}: key {}: arrays nested too deeply", path(), key));
+      require(depth < max_array_depth, ErrorCode::io_error,
+              fmt::format("{}: key {}: arrays nested too deeply", path(), key));
       const auto element = reader.read<std::uint32_t>(what);
       require(element <= static_cast<std::uint32_t>(GgufValueType::float64), ErrorCode::io_error,
               fmt::format("{}: key {}: unknown array element type {}", path(), key, element));
       const auto count = reader.read<std::uint64_t>(what);
       const auto element_type = static_cast<GgufValueType>(element);
       if (count > reader.remaining() / minimum_value_bytes(element_type))
-        throw Error(ErrorCode::io_error, fmt::format("{}: key {}: array of {} {} values cannot fit in the {} bytes left", path(),
-                                                     key, count, value_type_name(element_type), reader.remaining()));
+        throw Error(ErrorCode::io_error,
+                    fmt::format("{}: key {}: array of {} {} values cannot fit in the {} bytes left", path(), key, count,
+                                value_type_name(element_type), reader.remaining()));
       GgufArray array{element_type, {}};
       array.items.reserve(static_cast<std::size_t>(count));
-      for (std::uint64_t i = 0; i < count; ++i) array.items.push_back(read_value(reader, element_type, key, what, depth + 1));
+      for (std::uint64_t i = 0; i < count; ++i)
+        array.items.push_back(read_value(reader, element_type, key, what, depth + 1));
       result.value = std::move(array);
       break;
     }
     default:
-      throw Error(ErrorCode::io_error, fmt::format("{}: key {}: unknown value type {}", path(), key, static_cast<std::uint32_t>(type)));
+      throw Error(ErrorCode::io_error,
+                  fmt::format("{}: key {}: unknown value type {}", path(), key, static_cast<std::uint32_t>(type)));
   }
   return result;
 }
@@ -162,7 +173,8 @@ void GgufFile::parse() {
 
   data_offset_ = (reader.offset() + alignment_ - 1) / alignment_ * alignment_;
   require(data_offset_ <= file_->size(), ErrorCode::io_error,
-          fmt::format("{}: truncated before the tensor data (needs {} bytes, has {})", path(), data_offset_, file_->size()));
+          fmt::format("{}: truncated before the tensor data (needs {} bytes, has {})", path(), data_offset_,
+                      file_->size()));
   const std::uint64_t data_bytes = file_->size() - data_offset_;
   for (const GgufTensorInfo& info : tensors_) {
     const auto type = supported_ggml_type(info.type);

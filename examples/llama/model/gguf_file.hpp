@@ -27,8 +27,19 @@
 namespace kvq::llama {
 
 enum class GgufValueType : std::uint32_t {
-  uint8 = 0, int8 = 1, uint16 = 2, int16 = 3, uint32 = 4, int32 = 5, float32 = 6, boolean = 7,
-  string = 8, array = 9, uint64 = 10, int64 = 11, float64 = 12,
+  uint8 = 0,
+  int8 = 1,
+  uint16 = 2,
+  int16 = 3,
+  uint32 = 4,
+  int32 = 5,
+  float32 = 6,
+  boolean = 7,
+  string = 8,
+  array = 9,
+  uint64 = 10,
+  int64 = 11,
+  float64 = 12,
 };
 
 struct GgufValue;
@@ -78,11 +89,13 @@ class GgufFile {
   [[nodiscard]] const GgufTensorInfo* find_tensor(std::string_view name) const;
   // Dequantizes a tensor to float, checking its type is supported and its dims are `expected_dims`
   // (dims[0] first); errors name the file and the tensor.
-  [[nodiscard]] std::vector<float> read_float(std::string_view name, const std::vector<std::int64_t>& expected_dims) const;
+  [[nodiscard]] std::vector<float> read_float(std::string_view name,
+                                              const std::vector<std::int64_t>& expected_dims) const;
 
  private:
   void parse();
-  GgufValue read_value(ByteReader& reader, GgufValueType type, const std::string& key, std::string_view what, int depth);
+  GgufValue read_value(ByteReader& reader, GgufValueType type, const std::string& key, std::string_view what,
+                       int depth);
 
   std::unique_ptr<MappedFile> file_;
   std::uint32_t version_ = 0;

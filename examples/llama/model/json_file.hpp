@@ -31,8 +31,8 @@ T json_value(const nlohmann::json& object, const std::string& key, const std::fi
   try {
     return object.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
-    throw Error(ErrorCode::io_error, file.string() + ": key " + key + " has the wrong type (" +
-                                         object.at(key).type_name() + ")");
+    throw Error(ErrorCode::io_error,
+                file.string() + ": key " + key + " has the wrong type (" + object.at(key).type_name() + ")");
   }
 }
 

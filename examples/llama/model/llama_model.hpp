@@ -17,8 +17,8 @@ namespace kvq::llama {
 
 struct LlamaConfig {
   int layers = 0;
-  int hidden = 0;       // embedding width
-  int ffn = 0;          // MLP width
+  int hidden = 0;  // embedding width
+  int ffn = 0;     // MLP width
   int q_heads = 0;
   int kv_heads = 0;
   int head_dim = 0;
@@ -47,7 +47,7 @@ struct LlamaWeights {
   Matrix embedding;  // [vocabulary][hidden]
   std::vector<LayerWeights> layers;
   std::vector<float> output_norm;
-  Matrix output;     // [vocabulary][hidden]; empty when the embedding is tied
+  Matrix output;  // [vocabulary][hidden]; empty when the embedding is tied
   [[nodiscard]] const Matrix& logits_matrix() const { return output.values.empty() ? embedding : output; }
 };
 

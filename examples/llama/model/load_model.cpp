@@ -99,7 +99,8 @@ std::vector<float> llama3_divisors(const RopeConfig& rope, int head_dim) {
 void read_gguf_rope_scaling(const GgufFile& file, LlamaConfig& c) {
   if (const auto type = file.optional_string("llama.rope.scaling.type"); type && *type != "none") {
     throw Error(ErrorCode::io_error, fmt::format("{}: llama.rope.scaling.type \"{}\" is not supported (kvq's RoPE has "
-                                                 "no scaling or Llama-3.1's llama3 scaling)", file.path(), *type));
+                                                 "no scaling or Llama-3.1's llama3 scaling)",
+                                                 file.path(), *type));
   }
   if (file.find_tensor("rope_freqs.weight") == nullptr) return;
   const std::vector<float> divisors = file.read_float("rope_freqs.weight", {c.head_dim / 2});
@@ -111,9 +112,11 @@ void read_gguf_rope_scaling(const GgufFile& file, LlamaConfig& c) {
   scaled.original_max_position = 8192;
   const std::vector<float> expected = llama3_divisors(scaled, c.head_dim);
   for (std::size_t i = 0; i < divisors.size(); ++i)
-    require(std::fabs(divisors[i] - expected[i]) <= 1e-4f * expected[i], ErrorCode::io_error,
-            fmt::format("{}: rope_freqs.weight[{}] = {} is not Llama-3.1's llama3 scaling with factor {} (expected {}); "
-                        "kvq's RoPE cannot express it", file.path(), i, divisors[i], scaled.factor, expected[i]));
+    require(
+        std::fabs(divisors[i] - expected[i]) <= 1e-4f * expected[i], ErrorCode::io_error,
+        fmt::format("{}: rope_freqs.weight[{}] = {} is not Llama-3.1's llama3 scaling with factor {} (expected {}); "
+                    "kvq's RoPE cannot express it",
+                    file.path(), i, divisors[i], scaled.factor, expected[i]));
   c.rope = scaled;
 }
 
@@ -159,11 +162,13 @@ LlamaModel load_gguf_model(const std::filesystem::path& path) {
                       "llama.attention.key_length");
   if (const auto value_length = file.optional_integer("llama.attention.value_length"))
     require(*value_length == c.head_dim, ErrorCode::io_error,
-            fmt::format("{}: llama.attention.value_length {} differs from the key length {}", name, *value_length, c.head_dim));
+            fmt::format("{}: llama.attention.value_length {} differs from the key length {}", name, *value_length,
+                        c.head_dim));
   if (const auto rope_dims = file.optional_integer("llama.rope.dimension_count"))
     require(*rope_dims == c.head_dim, ErrorCode::io_error,
             fmt::format("{}: llama.rope.dimension_count {} is not head_dim {}; partial rotary embeddings are not "
-                        "supported", name, *rope_dims, c.head_dim));
+                        "supported",
+                        name, *rope_dims, c.head_dim));
   c.rms_epsilon = static_cast<float>(file.number("llama.attention.layer_norm_rms_epsilon"));
   c.context_length = file.optional_integer("llama.context_length").value_or(0);
   c.rope.theta = static_cast<float>(file.optional_number("llama.rope.freq_base").value_or(10000.0));
@@ -171,20 +176,28 @@ LlamaModel load_gguf_model(const std::filesystem::path& path) {
   c.rope.scaling = RopeScaling::none;
 
   TokenizerSpec tokenizer = tokenizer_from_gguf(file);
-  c.vocabulary = to_int(file.optional_integer("llama.vocab_size").value_or(static_cast<std::int64_t>(tokenizer.tokens.size())),
-                        name, "llama.vocab_size");
+  c.vocabulary =
+      to_int(file.optional_integer("llama.vocab_size").value_or(static_cast<std::int64_t>(tokenizer.tokens.size())),
+             name, "llama.vocab_size");
   require(tokenizer.tokens.size() <= static_cast<std::size_t>(c.vocabulary), ErrorCode::io_error,
-          fmt::format("{}: the tokenizer has {} tokens for a vocabulary of {}", name, tokenizer.tokens.size(), c.vocabulary));
+          fmt::format("{}: the tokenizer has {} tokens for a vocabulary of {}", name, tokenizer.tokens.size(),
+                      c.vocabulary));
   c.tied_embeddings = file.find_tensor("output.weight") == nullptr;
   validate_config(c, name);
   read_gguf_rope_scaling(file, c);
 
-  static const std::map<std::string, std::string> gguf_parts = {
-      {"attention_norm", "attn_norm"}, {"query", "attn_q"}, {"key", "attn_k"},   {"value", "attn_v"},
-      {"output", "attn_output"},       {"ffn_norm", "ffn_norm"}, {"gate", "ffn_gate"}, {"up", "ffn_up"},
-      {"down", "ffn_down"}};
-  TensorNames names{[](int layer, const char* part) { return fmt::format("blk.{}.{}.weight", layer, gguf_parts.at(part)); },
-                    "token_embd.weight", "output_norm.weight", "output.weight"};
+  static const std::map<std::string, std::string> gguf_parts = {{"attention_norm", "attn_norm"},
+                                                                {"query", "attn_q"},
+                                                                {"key", "attn_k"},
+                                                                {"value", "attn_v"},
+                                                                {"output", "attn_output"},
+                                                                {"ffn_norm", "ffn_norm"},
+                                                                {"gate", "ffn_gate"},
+                                                                {"up", "ffn_up"},
+                                                                {"down", "ffn_down"}};
+  TensorNames names{
+      [](int layer, const char* part) { return fmt::format("blk.{}.{}.weight", layer, gguf_parts.at(part)); },
+      "token_embd.weight", "output_norm.weight", "output.weight"};
   // GGUF dims run fastest first: a [rows][columns] matrix is dims {columns, rows}.
   const TensorReader read = [&](const std::string& tensor, const std::vector<std::int64_t>& shape) {
     return file.read_float(tensor, std::vector<std::int64_t>(shape.rbegin(), shape.rend()));
@@ -193,7 +206,8 @@ LlamaModel load_gguf_model(const std::filesystem::path& path) {
   std::map<std::string, int> type_counts;
   for (const GgufTensorInfo& info : file.tensors()) ++type_counts[ggml_type_name(info.type)];
   std::string types;
-  for (const auto& [type, count] : type_counts) types += fmt::format("{}{} x{}", types.empty() ? "" : ", ", type, count);
+  for (const auto& [type, count] : type_counts)
+    types += fmt::format("{}{} x{}", types.empty() ? "" : ", ", type, count);
   model.description = fmt::format("GGUF v{}, tensors: {}", file.version(), types);
   return model;
 }
@@ -205,8 +219,9 @@ LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
   const json config = read_json_file(config_path);
   require(config.is_object(), ErrorCode::io_error, config_path.string() + ": not a JSON object");
   const auto model_type = json_value_or<std::string>(config, "model_type", "", config_path);
-  require(model_type == "llama", ErrorCode::io_error,
-          fmt::format("{}: model_type is \"{}\"; this example runs \"llama\" models", config_path.string(), model_type));
+  require(
+      model_type == "llama", ErrorCode::io_error,
+      fmt::format("{}: model_type is \"{}\"; this example runs \"llama\" models", config_path.string(), model_type));
   require(!json_value_or<bool>(config, "attention_bias", false, config_path) &&
               !json_value_or<bool>(config, "mlp_bias", false, config_path),
           ErrorCode::io_error, config_path.string() + ": attention or MLP biases are not supported (Llama-3 has none)");
@@ -219,7 +234,8 @@ LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
   c.q_heads = size("num_attention_heads");
   c.kv_heads = to_int(json_value_or<std::int64_t>(config, "num_key_value_heads", c.q_heads, config_path), name,
                       "num_key_value_heads");
-  c.head_dim = to_int(json_value_or<std::int64_t>(config, "head_dim", c.hidden / c.q_heads, config_path), name, "head_dim");
+  c.head_dim =
+      to_int(json_value_or<std::int64_t>(config, "head_dim", c.hidden / c.q_heads, config_path), name, "head_dim");
   c.vocabulary = size("vocab_size");
   c.rms_epsilon = static_cast<float>(json_value_or<double>(config, "rms_norm_eps", 1e-6, config_path));
   c.context_length = json_value_or<std::int64_t>(config, "max_position_embeddings", 0, config_path);
@@ -229,8 +245,8 @@ LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
   c.rope.scaling = RopeScaling::none;
   if (config.contains("rope_scaling") && !config["rope_scaling"].is_null()) {
     const json& scaling = config["rope_scaling"];
-    const auto type = json_value_or<std::string>(scaling, "rope_type", json_value_or<std::string>(scaling, "type", "", config_path),
-                                                 config_path);
+    const auto type = json_value_or<std::string>(
+        scaling, "rope_type", json_value_or<std::string>(scaling, "type", "", config_path), config_path);
     require(type == "llama3" || type == "default", ErrorCode::io_error,
             fmt::format("{}: rope_scaling type \"{}\" is not supported (llama3 is)", name, type));
     if (type == "llama3") {
@@ -238,8 +254,9 @@ LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
       c.rope.factor = static_cast<float>(json_value<double>(scaling, "factor", config_path));
       c.rope.low_freq_factor = static_cast<float>(json_value<double>(scaling, "low_freq_factor", config_path));
       c.rope.high_freq_factor = static_cast<float>(json_value<double>(scaling, "high_freq_factor", config_path));
-      c.rope.original_max_position = to_int(json_value<std::int64_t>(scaling, "original_max_position_embeddings", config_path),
-                                            name, "rope_scaling.original_max_position_embeddings");
+      c.rope.original_max_position =
+          to_int(json_value<std::int64_t>(scaling, "original_max_position_embeddings", config_path), name,
+                 "rope_scaling.original_max_position_embeddings");
     }
   }
   validate_config(c, name);
@@ -258,7 +275,8 @@ LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
   if (config.contains("bos_token_id") && config["bos_token_id"].is_number_integer() && !tokenizer.bos_id)
     tokenizer.bos_id = config["bos_token_id"].get<TokenId>();
   require(static_cast<std::size_t>(c.vocabulary) >= tokenizer.tokens.size(), ErrorCode::io_error,
-          fmt::format("{}: vocab_size {} is smaller than the tokenizer's {} tokens", name, c.vocabulary, tokenizer.tokens.size()));
+          fmt::format("{}: vocab_size {} is smaller than the tokenizer's {} tokens", name, c.vocabulary,
+                      tokenizer.tokens.size()));
 
   // The shards: one model.safetensors, or the files an index maps tensor names to.
   std::map<std::string, std::unique_ptr<SafetensorsFile>> shards;
@@ -269,7 +287,8 @@ LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
     require(index.contains("weight_map") && index["weight_map"].is_object(), ErrorCode::io_error,
             index_path.string() + ": missing key weight_map");
     for (const auto& [tensor, shard] : index["weight_map"].items()) {
-      require(shard.is_string(), ErrorCode::io_error, index_path.string() + ": weight_map[\"" + tensor + "\"] is not a file name");
+      require(shard.is_string(), ErrorCode::io_error,
+              index_path.string() + ": weight_map[\"" + tensor + "\"] is not a file name");
       const auto file = shard.get<std::string>();
       require(file.find('/') == std::string::npos && file.find("..") == std::string::npos, ErrorCode::io_error,
               index_path.string() + ": shard \"" + file + "\" is not a file in the checkpoint directory");
@@ -283,27 +302,36 @@ LlamaModel read_hugging_face_model(const std::filesystem::path& directory) {
     std::string file = "model.safetensors";
     if (!shard_of.empty()) {
       const auto it = shard_of.find(tensor);
-      require(it != shard_of.end(), ErrorCode::io_error, fmt::format("{}: missing tensor {}", index_path.string(), tensor));
+      require(it != shard_of.end(), ErrorCode::io_error,
+              fmt::format("{}: missing tensor {}", index_path.string(), tensor));
       file = it->second;
     }
     auto& shard = shards[file];
     if (!shard) shard = std::make_unique<SafetensorsFile>((directory / file).string());
     return *shard;
   };
-  static const std::map<std::string, std::string> hf_parts = {
-      {"attention_norm", "input_layernorm"},    {"query", "self_attn.q_proj"}, {"key", "self_attn.k_proj"},
-      {"value", "self_attn.v_proj"},           {"output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
-      {"gate", "mlp.gate_proj"},               {"up", "mlp.up_proj"},          {"down", "mlp.down_proj"}};
-  TensorNames names{[](int layer, const char* part) { return fmt::format("model.layers.{}.{}.weight", layer, hf_parts.at(part)); },
-                    "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+  static const std::map<std::string, std::string> hf_parts = {{"attention_norm", "input_layernorm"},
+                                                              {"query", "self_attn.q_proj"},
+                                                              {"key", "self_attn.k_proj"},
+                                                              {"value", "self_attn.v_proj"},
+                                                              {"output", "self_attn.o_proj"},
+                                                              {"ffn_norm", "post_attention_layernorm"},
+                                                              {"gate", "mlp.gate_proj"},
+                                                              {"up", "mlp.up_proj"},
+                                                              {"down", "mlp.down_proj"}};
+  TensorNames names{
+      [](int layer, const char* part) { return fmt::format("model.layers.{}.{}.weight", layer, hf_parts.at(part)); },
+      "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
   const TensorReader read = [&](const std::string& tensor, const std::vector<std::int64_t>& shape) {
     return shard_for(tensor).read_float(tensor, shape);
   };
   // A checkpoint that says nothing about tying but has no lm_head is tied (some exports drop the duplicate).
-  const bool has_output = !c.tied_embeddings && (shard_of.empty() ? shard_for("lm_head.weight").find("lm_head.weight") != nullptr
-                                                                  : shard_of.contains("lm_head.weight"));
+  const bool has_output =
+      !c.tied_embeddings && (shard_of.empty() ? shard_for("lm_head.weight").find("lm_head.weight") != nullptr
+                                              : shard_of.contains("lm_head.weight"));
   c.tied_embeddings = !has_output;
-  LlamaModel model{c, read_weights(c, read, names, has_output), Tokenizer(std::move(tokenizer)), directory.string(), ""};
+  LlamaModel model{c, read_weights(c, read, names, has_output), Tokenizer(std::move(tokenizer)), directory.string(),
+                   ""};
   model.description = fmt::format("Hugging Face safetensors, {} file{}", shards.size(), shards.size() == 1 ? "" : "s");
   return model;
 }

@@ -37,17 +37,23 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_uniq
   require(header.is_object(), ErrorCode::io_error, path + ": the header is not a JSON object");
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") continue;
-    const auto fail = [&](const std::string& why) { throw Error(ErrorCode::io_error, fmt::format("{}: tensor {}: {}", path, name, why)); };
+    const auto fail = [&](const std::string& why) {
+      throw Error(ErrorCode::io_error, fmt::format("{}: tensor {}: {}", path, name, why));
+    };
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
       fail("needs dtype, shape and data_offsets");
     SafetensorsTensorInfo info;
     info.name = name;
     if (!entry["dtype"].is_string()) fail("dtype is not a string");
     info.dtype = entry["dtype"].get<std::string>();
-    if (info.dtype == "F32") info.type = SafetensorsType::f32;
-    else if (info.dtype == "F16") info.type = SafetensorsType::f16;
-    else if (info.dtype == "BF16") info.type = SafetensorsType::bf16;
-    else fail("dtype " + info.dtype + " is not supported (F32, F16, BF16)");
+    if (info.dtype == "F32")
+      info.type = SafetensorsType::f32;
+    else if (info.dtype == "F16")
+      info.type = SafetensorsType::f16;
+    else if (info.dtype == "BF16")
+      info.type = SafetensorsType::bf16;
+    else
+      fail("dtype " + info.dtype + " is not supported (F32, F16, BF16)");
     const auto& shape = entry["shape"];
     if (!shape.is_array()) fail("shape is not an array");
     std::uint64_t elements = 1;
@@ -59,12 +65,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_uniq
       info.shape.push_back(static_cast<std::int64_t>(value));
     }
     const auto& offsets = entry["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
+    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+        !offsets[1].is_number_unsigned())
       fail("data_offsets must be two unsigned integers");
     info.begin = offsets[0].get<std::uint64_t>();
     info.end = offsets[1].get<std::uint64_t>();
     if (info.begin > info.end || info.end > data_bytes)
-      fail(fmt::format("data [{}, {}) extends past the end of the file ({} data bytes)", info.begin, info.end, data_bytes));
+      fail(fmt::format("data [{}, {}) extends past the end of the file ({} data bytes)", info.begin, info.end,
+                       data_bytes));
     if (info.end - info.begin != elements * static_cast<std::uint64_t>(element_bytes(info.type)))
       fail(fmt::format("data of {} bytes does not hold {} {} elements", info.end - info.begin, elements, info.dtype));
     tensors_.emplace(name, std::move(info));
@@ -82,7 +90,8 @@ std::vector<std::string> SafetensorsFile::names() const {
   return result;
 }
 
-std::vector<float> SafetensorsFile::read_float(std::string_view name, const std::vector<std::int64_t>& expected_shape) const {
+std::vector<float> SafetensorsFile::read_float(std::string_view name,
+                                               const std::vector<std::int64_t>& expected_shape) const {
   const SafetensorsTensorInfo* info = find(name);
   require(info != nullptr, ErrorCode::io_error, fmt::format("{}: missing tensor {}", path(), name));
   require(info->shape == expected_shape, ErrorCode::io_error,

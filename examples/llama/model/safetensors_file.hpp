@@ -33,7 +33,8 @@ class SafetensorsFile {
   [[nodiscard]] const SafetensorsTensorInfo* find(std::string_view name) const;
   [[nodiscard]] std::vector<std::string> names() const;
   // The tensor converted to float, checking its shape (shape[0] slowest) against `expected_shape`.
-  [[nodiscard]] std::vector<float> read_float(std::string_view name, const std::vector<std::int64_t>& expected_shape) const;
+  [[nodiscard]] std::vector<float> read_float(std::string_view name,
+                                              const std::vector<std::int64_t>& expected_shape) const;
 
  private:
   std::unique_ptr<MappedFile> file_;

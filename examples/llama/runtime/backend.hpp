@@ -1,10 +1,10 @@
 // The seam between the generation loop and where the model runs. A backend owns the KV cache and its scratch
 // buffers and runs tokens through the model; generate() (generate.hpp) only sees this interface.
 //
-// Backends: the CPU backend (make_cpu_backend in cpu_backend.hpp: BLAS matrix products, kvq::HostPagedKVCache, kvq's host attention),
-// which is also the reference for checking others. A GPU backend (cuBLAS, kvq::cuda::PagedKVCache, the kvq decode
-// and chunked-prefill attention kernels) goes beside it: a make_gpu_backend() with the same options returning this
-// interface, built only when CUDA is enabled. Nothing above this file changes.
+// Backends: the CPU backend (make_cpu_backend in cpu_backend.hpp: BLAS matrix products, kvq::HostPagedKVCache, kvq's
+// host attention), which is also the reference for checking others. A GPU backend (cuBLAS, kvq::cuda::PagedKVCache, the
+// kvq decode and chunked-prefill attention kernels) goes beside it: a make_gpu_backend() with the same options
+// returning this interface, built only when CUDA is enabled. Nothing above this file changes.
 #pragma once
 
 #include <cstdint>
@@ -19,12 +19,12 @@
 namespace kvq::llama {
 
 struct KvCacheOptions {
-  std::string preset = "fp16";                              // kv_presets.hpp
-  std::vector<std::pair<int, std::string>> layer_presets;   // per-layer overrides: (layer, preset)
-  std::int64_t max_tokens = 4096;                           // capacity of the sequence
+  std::string preset = "fp16";                             // kv_presets.hpp
+  std::vector<std::pair<int, std::string>> layer_presets;  // per-layer overrides: (layer, preset)
+  std::int64_t max_tokens = 4096;                          // capacity of the sequence
   int page_tokens = 256;
-  int sink_tokens = 0;                                      // first tokens kept in fp16
-  int window_tokens = 0;                                    // most recent tokens kept in fp16
+  int sink_tokens = 0;    // first tokens kept in fp16
+  int window_tokens = 0;  // most recent tokens kept in fp16
 };
 
 struct KvCacheReport {

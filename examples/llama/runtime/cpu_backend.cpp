@@ -69,7 +69,8 @@ class CpuBackend final : public Backend {
     int written = 0;
     try {
       for (std::int64_t t = 0; t < count; ++t)
-        std::copy_n(model_.weights.embedding.values.data() + static_cast<std::int64_t>(tokens[static_cast<std::size_t>(t)]) * c.hidden,
+        std::copy_n(model_.weights.embedding.values.data() +
+                        static_cast<std::int64_t>(tokens[static_cast<std::size_t>(t)]) * c.hidden,
                     c.hidden, hidden_.data() + t * c.hidden);
       for (int layer = 0; layer < c.layers; ++layer) run_layer(plan, layer, first, count, written);
     } catch (...) {
@@ -106,7 +107,8 @@ class CpuBackend final : public Backend {
     return {key_.data(), static_cast<std::size_t>(count) * static_cast<std::size_t>(model_.config.kv_heads) * head_dim};
   }
   std::span<const float> value_span(std::int64_t count) const {
-    return {value_.data(), static_cast<std::size_t>(count) * static_cast<std::size_t>(model_.config.kv_heads) * head_dim};
+    return {value_.data(),
+            static_cast<std::size_t>(count) * static_cast<std::size_t>(model_.config.kv_heads) * head_dim};
   }
 
   // `written` counts the layers whose keys and values are in the cache, for the clean-up of a failed step.
@@ -119,7 +121,8 @@ class CpuBackend final : public Backend {
     project(w.value, normed_.data(), count, value_.data());
     for (std::int64_t t = 0; t < count; ++t)
       for (int head = 0; head < c.q_heads; ++head)
-        apply_rope<head_dim>(query_.data() + (t * c.q_heads + head) * head_dim, first + t, cache_.rope_table(), c.rope.style);
+        apply_rope<head_dim>(query_.data() + (t * c.q_heads + head) * head_dim, first + t, cache_.rope_table(),
+                             c.rope.style);
     cache_.template write<float>(plan, layer, key_span(count), value_span(count));
     ++written;
 
@@ -130,7 +133,8 @@ class CpuBackend final : public Backend {
         decoded_.resize(query_.size());
         decode_attention_reference<Tier>(view, TierParams<Tier>{}, cache_.rope_table(), c.rope.style, 0, query_,
                                          c.q_heads, AttentionParams{}, decoded_);
-        std::transform(decoded_.begin(), decoded_.end(), attention_.begin(), [](double x) { return static_cast<float>(x); });
+        std::transform(decoded_.begin(), decoded_.end(), attention_.begin(),
+                       [](double x) { return static_cast<float>(x); });
       } else {
         prefill_attention<Tier>(view, cache_.rope_table(), c.rope.style, first, count, query_.data(), c.q_heads,
                                 attention_.data());

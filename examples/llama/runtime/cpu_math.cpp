@@ -29,8 +29,8 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
   }
 }
 
-void causal_attention(const float* query, const float* keys, const float* values, std::int64_t first, std::int64_t count,
-                      int q_heads, int first_head, int group, int head_dim, float* out) {
+void causal_attention(const float* query, const float* keys, const float* values, std::int64_t first,
+                      std::int64_t count, int q_heads, int first_head, int group, int head_dim, float* out) {
   const std::int64_t length = first + count, rows = std::int64_t{group} * count;
   const auto d = static_cast<std::size_t>(head_dim);
   // Rows r = g * count + i: query head first_head + g of token i.
@@ -38,10 +38,11 @@ void causal_attention(const float* query, const float* keys, const float* values
       result(gathered.size());
   for (int g = 0; g < group; ++g)
     for (std::int64_t i = 0; i < count; ++i)
-      std::copy_n(query + (i * q_heads + first_head + g) * head_dim, head_dim, gathered.data() + (g * count + i) * head_dim);
+      std::copy_n(query + (i * q_heads + first_head + g) * head_dim, head_dim,
+                  gathered.data() + (g * count + i) * head_dim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(length), head_dim, scale,
-              gathered.data(), head_dim, keys, head_dim, 0.0f, scores.data(), static_cast<int>(length));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(length), head_dim,
+              scale, gathered.data(), head_dim, keys, head_dim, 0.0f, scores.data(), static_cast<int>(length));
   for (std::int64_t r = 0; r < rows; ++r) {
     float* row = scores.data() + r * length;
     const std::int64_t visible = first + r % count + 1;
@@ -52,11 +53,12 @@ void causal_attention(const float* query, const float* keys, const float* values
     for (std::int64_t t = 0; t < visible; ++t) row[t] *= inverse;
     std::fill(row + visible, row + length, 0.0f);  // the causal mask
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), head_dim, static_cast<int>(length), 1.0f,
-              scores.data(), static_cast<int>(length), values, head_dim, 0.0f, result.data(), head_dim);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), head_dim, static_cast<int>(length),
+              1.0f, scores.data(), static_cast<int>(length), values, head_dim, 0.0f, result.data(), head_dim);
   for (int g = 0; g < group; ++g)
     for (std::int64_t i = 0; i < count; ++i)
-      std::copy_n(result.data() + (g * count + i) * head_dim, head_dim, out + (i * q_heads + first_head + g) * head_dim);
+      std::copy_n(result.data() + (g * count + i) * head_dim, head_dim,
+                  out + (i * q_heads + first_head + g) * head_dim);
 }
 
 void swiglu(float* gate, const float* up, std::int64_t count) {

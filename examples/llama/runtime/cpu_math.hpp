@@ -17,8 +17,8 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
 // heads: query and out are [count][q_heads][head_dim] (heads `first_head` .. `first_head + group - 1` are used),
 // keys and values [first + count][head_dim]. Query i sees tokens [0, first + i]. Scores and weighted sums are
 // matrix products (BLAS, float); the softmax keeps its sum in double.
-void causal_attention(const float* query, const float* keys, const float* values, std::int64_t first, std::int64_t count,
-                      int q_heads, int first_head, int group, int head_dim, float* out);
+void causal_attention(const float* query, const float* keys, const float* values, std::int64_t first,
+                      std::int64_t count, int q_heads, int first_head, int group, int head_dim, float* out);
 
 // gate[i] = silu(gate[i]) * up[i]: SwiGLU's elementwise part.
 void swiglu(float* gate, const float* up, std::int64_t count);

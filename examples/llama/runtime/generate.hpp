@@ -28,8 +28,12 @@ struct GenerationResult {
   std::int64_t prompt_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
   int decode_steps = 0;  // forward() calls after the prompt
-  [[nodiscard]] double prefill_tokens_per_second() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
-  [[nodiscard]] double decode_tokens_per_second() const { return decode_seconds > 0 ? decode_steps / decode_seconds : 0; }
+  [[nodiscard]] double prefill_tokens_per_second() const {
+    return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0;
+  }
+  [[nodiscard]] double decode_tokens_per_second() const {
+    return decode_seconds > 0 ? decode_steps / decode_seconds : 0;
+  }
 };
 
 // `on_text` (optional) receives the generated text as it grows, in whole UTF-8 characters.

@@ -12,11 +12,13 @@ namespace {
 int preset_tier(std::string_view name) {
   for (const KvPreset& preset : kv_presets)
     if (preset.name == name) return preset.tier;
-  throw Error(ErrorCode::invalid_argument, "--kv: unknown KV format \"" + std::string(name) + "\" (known: " + kv_preset_list() + ")");
+  throw Error(ErrorCode::invalid_argument,
+              "--kv: unknown KV format \"" + std::string(name) + "\" (known: " + kv_preset_list() + ")");
 }
 }  // namespace
 
-std::vector<int> kv_layer_tiers(int layers, std::string_view preset, const std::vector<std::pair<int, std::string>>& overrides) {
+std::vector<int> kv_layer_tiers(int layers, std::string_view preset,
+                                const std::vector<std::pair<int, std::string>>& overrides) {
   std::vector<int> tiers(static_cast<std::size_t>(layers), preset_tier(preset));
   for (const auto& [layer, name] : overrides) {
     require(layer >= 0 && layer < layers, ErrorCode::invalid_argument,

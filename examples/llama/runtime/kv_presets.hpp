@@ -26,8 +26,8 @@ template <int HeadDim>
 using Int8PerToken = UniformPolicy<UniformConfig{.bits = 8, .group_size = HeadDim, .head_dim = HeadDim}>;
 
 template <int HeadDim>
-using ExampleTiers = LayerTiers<Tier<Fp16Policy<HeadDim>, Fp16Policy<HeadDim>>,               // 0: fp16
-                                Tier<Int8PerToken<HeadDim>, Int8PerToken<HeadDim>>>;          // 1: int8
+using ExampleTiers = LayerTiers<Tier<Fp16Policy<HeadDim>, Fp16Policy<HeadDim>>,       // 0: fp16
+                                Tier<Int8PerToken<HeadDim>, Int8PerToken<HeadDim>>>;  // 1: int8
 
 struct KvPreset {
   std::string_view name;
@@ -39,21 +39,48 @@ inline constexpr std::array<KvPreset, 2> kv_presets = {{
     {"int8", 1, "keys and values in 8-bit codes, fp16 scale and zero per token and head"},
 }};
 
-// head_dim values the cache is compiled for (kvq policies fix head_dim at compile time).
-inline constexpr std::array<int, 2> supported_head_dims = {64, 128};
+// head_dim values the cache is compiled for (kvq policies fix head_dim at compile time): the one list.
+using SupportedHeadDims = std::integer_sequence<int, 64, 128>;
 
 // The tier of every layer: `preset` everywhere, then each (layer, preset) override. kvq::Error(invalid_argument)
 // for an unknown name (listing the known ones) or a layer out of range.
-std::vector<int> kv_layer_tiers(int layers, std::string_view preset, const std::vector<std::pair<int, std::string>>& overrides);
+std::vector<int> kv_layer_tiers(int layers, std::string_view preset,
+                                const std::vector<std::pair<int, std::string>>& overrides);
 std::string kv_preset_list();  // "fp16, int8"
 
-// Calls visitor.template operator()<ExampleTiers<D>>() for head_dim == D.
+namespace detail {
+
+template <int... HeadDims>
+std::string head_dim_list(std::integer_sequence<int, HeadDims...>) {
+  std::string list;
+  ((list += (list.empty() ? "" : ", ") + std::to_string(HeadDims)), ...);
+  return list;
+}
+
+template <int First, int... Rest, class Visitor>
+decltype(auto) dispatch_head_dim(int head_dim, Visitor& visitor) {
+  if constexpr (sizeof...(Rest) == 0) {
+    return visitor.template operator()<ExampleTiers<First>>();
+  } else {
+    if (head_dim == First) return visitor.template operator()<ExampleTiers<First>>();
+    return dispatch_head_dim<Rest...>(head_dim, visitor);
+  }
+}
+
+template <int... HeadDims, class Visitor>
+decltype(auto) dispatch_head_dim(std::integer_sequence<int, HeadDims...>, int head_dim, Visitor& visitor) {
+  require(((head_dim == HeadDims) || ...), ErrorCode::invalid_argument,
+          "KV cache: head_dim " + std::to_string(head_dim) + " is not one this example is compiled for (" +
+              head_dim_list(SupportedHeadDims{}) + ")");
+  return dispatch_head_dim<HeadDims...>(head_dim, visitor);
+}
+
+}  // namespace detail
+
+// Calls visitor.template operator()<ExampleTiers<D>>() for head_dim == D, D one of SupportedHeadDims.
 template <class Visitor>
 decltype(auto) dispatch_kv_tiers(int head_dim, Visitor&& visitor) {
-  require(head_dim == 64 || head_dim == 128, ErrorCode::invalid_argument,
-          "KV cache: head_dim " + std::to_string(head_dim) + " is not one this example is compiled for (64, 128)");
-  if (head_dim == 64) return visitor.template operator()<ExampleTiers<64>>();
-  return visitor.template operator()<ExampleTiers<128>>();
+  return detail::dispatch_head_dim(SupportedHeadDims{}, head_dim, visitor);
 }
 
 }  // namespace kvq::llama

@@ -24,11 +24,13 @@ template <class Tier>
 void prefill_attention(const CacheLayerView& view, const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style,
                        std::int64_t first, std::int64_t count, const float* query, int q_heads, float* out) {
   constexpr int d = Tier::KeyPolicy::head_dim;
-  static_assert(std::is_empty_v<typename Tier::KeyPolicy::Params> && std::is_empty_v<typename Tier::ValuePolicy::Params>,
-                "kvq: the CPU backend passes default policy parameters; give it the cache's for policies that have some");
+  static_assert(
+      std::is_empty_v<typename Tier::KeyPolicy::Params> && std::is_empty_v<typename Tier::ValuePolicy::Params>,
+      "kvq: the CPU backend passes default policy parameters; give it the cache's for policies that have some");
   const TierParams<Tier> params{};
   const std::int64_t length = first + count;
-  require(view.lengths[0] >= length, ErrorCode::invalid_argument, "prefill attention: the cache does not hold the chunk yet");
+  require(view.lengths[0] >= length, ErrorCode::invalid_argument,
+          "prefill attention: the cache does not hold the chunk yet");
   const int group = q_heads / view.kv_heads;
   std::vector<float> keys(static_cast<std::size_t>(length) * d), values(keys.size());
   for (int kv = 0; kv < view.kv_heads; ++kv) {

@@ -31,7 +31,8 @@ TokenId Sampler::next(std::span<const float> logits) {
     total += p;
   }
   // Most likely first; ties by id so the order does not depend on the sort.
-  std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  std::sort(ranked.begin(), ranked.end(),
+            [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
   std::size_t keep = 0;
   double kept = 0;
   while (keep < ranked.size() && (keep == 0 || kept < options_.top_p * total)) kept += ranked[keep++].first;

@@ -54,8 +54,10 @@ TEST_CASE("GGUF metadata: every value type, arrays of strings, numbers and array
   CHECK(std::get<GgufArray>(nested.items[1].value).items.size() == 2);
   CHECK(file.keys().size() == 15);
   CHECK(file.find("absent") == nullptr);
-  CHECK_THROWS_WITH_AS(static_cast<void>(file.string("u32")), doctest::Contains("key u32 is a uint32, expected a string"), kvq::Error);
-  CHECK_THROWS_WITH_AS(static_cast<void>(file.integer("absent")), doctest::Contains("missing metadata key absent"), kvq::Error);
+  CHECK_THROWS_WITH_AS(static_cast<void>(file.string("u32")),
+                       doctest::Contains("key u32 is a uint32, expected a string"), kvq::Error);
+  CHECK_THROWS_WITH_AS(static_cast<void>(file.integer("absent")), doctest::Contains("missing metadata key absent"),
+                       kvq::Error);
 }
 
 TEST_CASE("ggml blocks: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 dequantize to hand-computed values") {
@@ -65,9 +67,11 @@ TEST_CASE("ggml blocks: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 dequantize to hand-c
   using E = GgufWriter;
   w.add_tensor("f32", {3}, 0, encode_f32({1.5f, -2.0f, 1e-30f}));
   // fp16 bits: 1.0, -2.0, 65504 (largest), 2^-24 (smallest subnormal); bf16 bits: 1.0, 3.140625, -0.5.
-  w.add_tensor("f16", {4}, 1, E::encode<std::uint16_t>(0x3C00) + E::encode<std::uint16_t>(0xC000) +
-                                  E::encode<std::uint16_t>(0x7BFF) + E::encode<std::uint16_t>(0x0001));
-  w.add_tensor("bf16", {3}, 30, E::encode<std::uint16_t>(0x3F80) + E::encode<std::uint16_t>(0x4049) + E::encode<std::uint16_t>(0xBF00));
+  w.add_tensor("f16", {4}, 1,
+               E::encode<std::uint16_t>(0x3C00) + E::encode<std::uint16_t>(0xC000) + E::encode<std::uint16_t>(0x7BFF) +
+                   E::encode<std::uint16_t>(0x0001));
+  w.add_tensor("bf16", {3}, 30,
+               E::encode<std::uint16_t>(0x3F80) + E::encode<std::uint16_t>(0x4049) + E::encode<std::uint16_t>(0xBF00));
   // Q8_0: scale 0.5 (fp16 0x3800), codes -16..15.
   std::string q8 = E::encode<std::uint16_t>(0x3800);
   for (int i = 0; i < 32; ++i) q8 += static_cast<char>(static_cast<std::int8_t>(i - 16));
@@ -109,15 +113,21 @@ TEST_CASE("GGUF quantizing writer and loader agree within the block's rounding")
   for (std::size_t i = 0; i < values.size(); ++i) values[i] = std::sin(static_cast<float>(i) * 0.37f) * 3.0f;
   GgufWriter w;
   for (GgmlType type : {GgmlType::q8_0, GgmlType::q4_0, GgmlType::q4_1, GgmlType::f16, GgmlType::bf16})
-    w.add_tensor(ggml_type_name(static_cast<std::uint32_t>(type)), {32, 8}, static_cast<std::uint32_t>(type), encode_ggml(type, values));
+    w.add_tensor(ggml_type_name(static_cast<std::uint32_t>(type)), {32, 8}, static_cast<std::uint32_t>(type),
+                 encode_ggml(type, values));
   write_file(dir / "q.gguf", w.bytes());
   const GgufFile file((dir / "q.gguf").string());
   // Steps: Q8_0 amax/127 = 3/127; Q4_0 amax/8 = 3/8 (codes span -8..7, so up to one step at the far end);
   // Q4_1 range/15 = 6/15; fp16/bf16 relative 2^-11 / 2^-8. Each bound is half a step plus the fp16 rounding of
   // the scale, which moves far codes by up to 8 * 2^-11 of the value.
-  const struct { GgmlType type; float bound; } cases[] = {
-      {GgmlType::q8_0, 3.0f / 127 / 2 + 0.01f}, {GgmlType::q4_0, 3.0f / 8 + 0.01f}, {GgmlType::q4_1, 6.0f / 15 / 2 + 0.01f},
-      {GgmlType::f16, 3.0f / 2048}, {GgmlType::bf16, 3.0f / 256}};
+  const struct {
+    GgmlType type;
+    float bound;
+  } cases[] = {{GgmlType::q8_0, 3.0f / 127 / 2 + 0.01f},
+               {GgmlType::q4_0, 3.0f / 8 + 0.01f},
+               {GgmlType::q4_1, 6.0f / 15 / 2 + 0.01f},
+               {GgmlType::f16, 3.0f / 2048},
+               {GgmlType::bf16, 3.0f / 256}};
   for (const auto& c : cases) {
     const auto loaded = file.read_float(ggml_type_name(static_cast<std::uint32_t>(c.type)), {32, 8});
     float worst = 0;
@@ -131,9 +141,10 @@ TEST_CASE("GGUF quantizing writer and loader agree within the block's rounding")
 TEST_CASE("safetensors: F32, F16 and BF16 tensors read back") {
   TempDir dir;
   const std::vector<float> values = {1.0f, -0.5f, 3.140625f, 0.0f, 65504.0f, -2.0f};
-  write_file(dir / "t.safetensors", safetensors_bytes({{"a.f32", "F32", {2, 3}, values},
-                                                       {"b.f16", "F16", {6}, values},
-                                                       {"c.bf16", "BF16", {3, 2}, {1.0f, -0.5f, 3.140625f, 0.0f, 2.0f, -2.0f}}}));
+  write_file(dir / "t.safetensors",
+             safetensors_bytes({{"a.f32", "F32", {2, 3}, values},
+                                {"b.f16", "F16", {6}, values},
+                                {"c.bf16", "BF16", {3, 2}, {1.0f, -0.5f, 3.140625f, 0.0f, 2.0f, -2.0f}}}));
   const SafetensorsFile file((dir / "t.safetensors").string());
   CHECK(file.names().size() == 3);
   CHECK(file.read_float("a.f32", {2, 3}) == values);

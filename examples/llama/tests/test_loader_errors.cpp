@@ -91,7 +91,8 @@ TEST_CASE("GGUF errors: tensor data past the end, unknown and unsupported types,
     GgufOptions options;
     options.override_name = "blk.0.ffn_gate.weight";
     options.override_dims = {96, 128};
-    CHECK(error_with(options).find("tensor blk.0.ffn_gate.weight has shape [96, 128], expected [128, 96]") != std::string::npos);
+    CHECK(error_with(options).find("tensor blk.0.ffn_gate.weight has shape [96, 128], expected [128, 96]") !=
+          std::string::npos);
   }
   {
     GgufOptions options;
@@ -125,7 +126,8 @@ TEST_CASE("GGUF errors: malformed metadata") {
   };
   {
     GgufWriter w;
-    w.add_raw("huge", 9, GgufWriter::encode<std::uint32_t>(8) + GgufWriter::encode<std::uint64_t>(std::uint64_t{1} << 60));
+    w.add_raw("huge", 9,
+              GgufWriter::encode<std::uint32_t>(8) + GgufWriter::encode<std::uint64_t>(std::uint64_t{1} << 60));
     CHECK(error_of(w).find("key huge: array of 1152921504606846976 string values cannot fit") != std::string::npos);
   }
   {
@@ -163,13 +165,15 @@ TEST_CASE("GGUF errors: malformed metadata") {
     REQUIRE(field + 8 <= offset_at);
     bytes.replace(field, 8, GgufWriter::encode<std::uint64_t>(3));
     write_file(file, bytes);
-    CHECK_THROWS_WITH_AS(GgufFile(file.string()), doctest::Contains("tensor t starts at offset 3, not a multiple of the alignment 32"),
+    CHECK_THROWS_WITH_AS(GgufFile(file.string()),
+                         doctest::Contains("tensor t starts at offset 3, not a multiple of the alignment 32"),
                          kvq::Error);
   }
   {  // A quantized row that is not whole blocks.
     GgufWriter w;
     w.add_tensor("odd", {48}, 8, std::string(34 * 2, '\0'));
-    CHECK(error_of(w).find("tensor odd: rows of 48 elements are not whole 32-element blocks of Q8_0 (8)") != std::string::npos);
+    CHECK(error_of(w).find("tensor odd: rows of 48 elements are not whole 32-element blocks of Q8_0 (8)") !=
+          std::string::npos);
   }
 }
 
@@ -188,9 +192,12 @@ TEST_CASE("safetensors and Hugging Face checkpoint errors") {
   };
   const std::string good = safetensors_bytes({{"w", "F32", {2, 2}, {1, 2, 3, 4}}});
   CHECK(error_of(good.substr(0, 5)).find("truncated at byte 0 while reading the header length") != std::string::npos);
-  CHECK(error_of(GgufWriter::encode<std::uint64_t>(1000) + "{}").find("header length 1000 does not fit") != std::string::npos);
-  CHECK(error_of(GgufWriter::encode<std::uint64_t>(5) + "{abc:").find("the header is not valid JSON") != std::string::npos);
-  CHECK(error_of(good.substr(0, good.size() - 4)).find("tensor w: data [0, 16) extends past the end of the file") != std::string::npos);
+  CHECK(error_of(GgufWriter::encode<std::uint64_t>(1000) + "{}").find("header length 1000 does not fit") !=
+        std::string::npos);
+  CHECK(error_of(GgufWriter::encode<std::uint64_t>(5) + "{abc:").find("the header is not valid JSON") !=
+        std::string::npos);
+  CHECK(error_of(good.substr(0, good.size() - 4)).find("tensor w: data [0, 16) extends past the end of the file") !=
+        std::string::npos);
   auto with_header = [](const nlohmann::json& header, std::size_t data_bytes) {
     const std::string text = header.dump();
     return GgufWriter::encode<std::uint64_t>(text.size()) + text + std::string(data_bytes, '\0');
@@ -199,8 +206,8 @@ TEST_CASE("safetensors and Hugging Face checkpoint errors") {
             .find("tensor w: dtype I64 is not supported") != std::string::npos);
   CHECK(error_of(with_header({{"w", {{"dtype", "F16"}, {"shape", {3}}, {"data_offsets", {0, 8}}}}}, 8))
             .find("tensor w: data of 8 bytes does not hold 3 F16 elements") != std::string::npos);
-  CHECK(error_of(with_header({{"w", {{"dtype", "F16"}, {"shape", {3}}}}}, 8)).find("tensor w: needs dtype, shape and data_offsets") !=
-        std::string::npos);
+  CHECK(error_of(with_header({{"w", {{"dtype", "F16"}, {"shape", {3}}}}}, 8))
+            .find("tensor w: needs dtype, shape and data_offsets") != std::string::npos);
 
   // A checkpoint directory: wrong shape, missing tensor in the index, missing config key.
   const TinyModel model = make_tiny_model(3);
@@ -212,15 +219,16 @@ TEST_CASE("safetensors and Hugging Face checkpoint errors") {
     const auto wrong_dir = dir / "wrong";
     write_tiny_hugging_face(wrong, wrong_dir, "F32", 1);
     const std::string message = load_error(wrong_dir);
-    CHECK(message.find("model.safetensors: tensor model.layers.0.self_attn.q_proj.weight has shape [64, 256], expected [128, 128]") !=
-          std::string::npos);
+    CHECK(message.find("model.safetensors: tensor model.layers.0.self_attn.q_proj.weight has shape [64, 256], expected "
+                       "[128, 128]") != std::string::npos);
   }
   {
     nlohmann::json index = nlohmann::json::parse(read_file(checkpoint / "model.safetensors.index.json"));
     index["weight_map"].erase("model.layers.1.mlp.up_proj.weight");
     write_file(checkpoint / "model.safetensors.index.json", index.dump());
-    CHECK(load_error(checkpoint).find("model.safetensors.index.json: missing tensor model.layers.1.mlp.up_proj.weight") !=
-          std::string::npos);
+    CHECK(
+        load_error(checkpoint).find("model.safetensors.index.json: missing tensor model.layers.1.mlp.up_proj.weight") !=
+        std::string::npos);
   }
   {
     nlohmann::json config = nlohmann::json::parse(read_file(checkpoint / "config.json"));
@@ -229,7 +237,8 @@ TEST_CASE("safetensors and Hugging Face checkpoint errors") {
     CHECK(load_error(checkpoint).find("config.json: missing key intermediate_size") != std::string::npos);
     config["intermediate_size"] = "wide";
     write_file(checkpoint / "config.json", config.dump());
-    CHECK(load_error(checkpoint).find("config.json: key intermediate_size has the wrong type (string)") != std::string::npos);
+    CHECK(load_error(checkpoint).find("config.json: key intermediate_size has the wrong type (string)") !=
+          std::string::npos);
   }
   CHECK(load_error(dir / "nowhere").find("nowhere: no such file or directory") != std::string::npos);
 }
@@ -257,7 +266,8 @@ TEST_CASE("GGUF and tokenizer.json with random corruptions: a kvq::Error or a mo
     }
   }
   CHECK(errors > 0);
-  MESSAGE("GGUF corruptions: ", errors, " refused, ", loaded, " loaded (a changed weight name or token text can still load)");
+  MESSAGE("GGUF corruptions: ", errors, " refused, ", loaded,
+          " loaded (a changed weight name or token text can still load)");
 
   write_tiny_hugging_face(model, dir / "hf", "F32", 1);
   const std::string tokenizer = read_file(dir / "hf" / "tokenizer.json");

@@ -109,7 +109,10 @@ TEST_CASE("quantized GGUF weights (Q8_0, Q4_0, Q4_1) run and stay close to the f
   // (Q8_0 0.025, Q4_1 0.27, Q4_0 0.27; the model is seeded, so these do not vary). A broken layout (nibbles or
   // scales misplaced) would make the logits unrelated to the float model's: near sqrt(2) = 1.4 for two
   // uncorrelated vectors of the same size.
-  const struct { GgmlType type; double bound; } cases[] = {{GgmlType::q8_0, 0.05}, {GgmlType::q4_1, 0.5}, {GgmlType::q4_0, 0.5}};
+  const struct {
+    GgmlType type;
+    double bound;
+  } cases[] = {{GgmlType::q8_0, 0.05}, {GgmlType::q4_1, 0.5}, {GgmlType::q4_0, 0.5}};
   for (const auto& c : cases) {
     GgufOptions options;
     options.matrix_type = c.type;
@@ -119,7 +122,8 @@ TEST_CASE("quantized GGUF weights (Q8_0, Q4_0, Q4_1) run and stay close to the f
     const auto actual = logits_per_token(*backend, tiny_prompt);
     double squares = 0;
     for (std::size_t t = 0; t < actual.size(); ++t)
-      for (std::size_t i = 0; i < actual[t].size(); ++i) squares += (actual[t][i] - expected[t][i]) * (actual[t][i] - expected[t][i]);
+      for (std::size_t i = 0; i < actual[t].size(); ++i)
+        squares += (actual[t][i] - expected[t][i]) * (actual[t][i] - expected[t][i]);
     const double relative = std::sqrt(squares / count) / reference_rms;
     MESSAGE(ggml_type_name(static_cast<std::uint32_t>(c.type)), ": relative RMS logit error ", relative);
     CHECK(relative < c.bound);
@@ -177,8 +181,10 @@ TEST_CASE("a failed step leaves the cache as it was and the backend usable") {
 
 TEST_CASE("KV presets: per-layer tiers, errors list the known formats") {
   CHECK(kv_layer_tiers(4, "int8", {{0, "fp16"}, {3, "fp16"}}) == std::vector<int>{0, 1, 1, 0});
-  CHECK_THROWS_WITH_AS(kv_layer_tiers(4, "int3", {}), doctest::Contains("unknown KV format \"int3\" (known: fp16, int8)"), kvq::Error);
-  CHECK_THROWS_WITH_AS(kv_layer_tiers(4, "fp16", {{4, "int8"}}), doctest::Contains("layer 4 is outside [0, 4)"), kvq::Error);
+  CHECK_THROWS_WITH_AS(kv_layer_tiers(4, "int3", {}),
+                       doctest::Contains("unknown KV format \"int3\" (known: fp16, int8)"), kvq::Error);
+  CHECK_THROWS_WITH_AS(kv_layer_tiers(4, "fp16", {{4, "int8"}}), doctest::Contains("layer 4 is outside [0, 4)"),
+                       kvq::Error);
   CHECK_THROWS_WITH_AS(dispatch_kv_tiers(96, []<class Tiers>() { return Tiers::head_dim; }),
                        doctest::Contains("head_dim 96 is not one this example is compiled for (64, 128)"), kvq::Error);
   CHECK(dispatch_kv_tiers(128, []<class Tiers>() { return Tiers::head_dim; }) == 128);
@@ -239,11 +245,14 @@ TEST_CASE("chat templates: ChatML with the template's default system message, Ll
   CHECK(format_chat(smollm, "Hi", std::string("Be brief.")) ==
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
   // A ChatML template that only copies messages writes no system turn of its own.
-  const std::string qwen_like = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}";
+  const std::string qwen_like =
+      "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}";
   CHECK_FALSE(default_system_message(qwen_like).has_value());
-  const std::string llama3 = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>...";
+  const std::string llama3 =
+      "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>...";
   CHECK(format_chat(llama3, "Hi", std::nullopt) ==
         "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-  CHECK_THROWS_WITH_AS(detect_chat_format("[INST] {{ content }} [/INST]"), doctest::Contains("neither ChatML nor Llama-3"), kvq::Error);
+  CHECK_THROWS_WITH_AS(detect_chat_format("[INST] {{ content }} [/INST]"),
+                       doctest::Contains("neither ChatML nor Llama-3"), kvq::Error);
   CHECK_THROWS_WITH_AS(detect_chat_format(""), doctest::Contains("no chat template"), kvq::Error);
 }

@@ -18,7 +18,8 @@ namespace {
 const LlamaModel& smollm2() {
   static const LlamaModel model = [] {
     const char* path = std::getenv("KVQ_SMOLLM2_GGUF");
-    REQUIRE_MESSAGE(path != nullptr, "set KVQ_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-smollm2.sh fetches it)");
+    REQUIRE_MESSAGE(path != nullptr,
+                    "set KVQ_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-smollm2.sh fetches it)");
     return load_model(path);
   }();
   return model;
@@ -72,18 +73,21 @@ TEST_SUITE("smollm2") {
     CHECK(t.encode("日本語のテキスト", false) ==
           V{23274, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391, 251, 10391, 134, 11100, 226});
     CHECK(t.encode("emoji 🚀🎉 done", false) == V{391, 33777, 15107, 244, 218, 10813, 232, 227, 2294});
-    CHECK(t.encode("1234567 + 89 = 1234656", false) == V{33, 34, 35, 36, 37, 38, 39, 1232, 216, 40, 41, 446, 216, 33, 34, 35, 36, 38, 37, 38});
+    CHECK(t.encode("1234567 + 89 = 1234656", false) ==
+          V{33, 34, 35, 36, 37, 38, 39, 1232, 216, 40, 41, 446, 216, 33, 34, 35, 36, 38, 37, 38});
     CHECK(t.encode("<|im_start|>user\nHi<|im_end|>", false) == V{1, 4093, 198, 26843, 2});
     CHECK(t.encode("don't you'll we've", false) == V{12420, 982, 346, 3060, 392, 3543});
-    CHECK(t.encode("Ünïcödé    \n   trailing  ", false) == V{142, 246, 94, 25972, 83, 7466, 84, 2756, 289, 11181, 35079, 256});
+    CHECK(t.encode("Ünïcödé    \n   trailing  ", false) ==
+          V{142, 246, 94, 25972, 83, 7466, 84, 2756, 289, 11181, 35079, 256});
   }
 
   TEST_CASE("tokenizer: encode/decode round trips") {
     const Tokenizer& t = smollm2().tokenizer;
-    for (const std::string text : {"plain ASCII, with punctuation; and (brackets)!", "accents: àéîõü ÀÉÎÕÜ ñ ç ß",
-                                   "CJK: 中文字符 日本語 한국어", "emoji: 👩‍👩‍👧 🇫🇷 🙂🙃", "digits 0123456789 3.14159 -42",
-                                   "whitespace:  two   three\t\ttabs\n\n\nnewlines   \n trailing   ",
-                                   "mixed <b>html</b> & code: if (x != y) { return 0; }", " leading space", ""}) {
+    for (const std::string text :
+         {"plain ASCII, with punctuation; and (brackets)!", "accents: àéîõü ÀÉÎÕÜ ñ ç ß", "CJK: 中文字符 日本語 한국어",
+          "emoji: 👩‍👩‍👧 🇫🇷 🙂🙃", "digits 0123456789 3.14159 -42",
+          "whitespace:  two   three\t\ttabs\n\n\nnewlines   \n trailing   ",
+          "mixed <b>html</b> & code: if (x != y) { return 0; }", " leading space", ""}) {
       CAPTURE(text);
       CHECK(t.decode(t.encode(text, false)) == text);
     }
@@ -101,12 +105,15 @@ TEST_SUITE("smollm2") {
     auto backend = make_cpu_backend(smollm2(), kv);
     const std::vector<TokenId> prompt = {504, 3575, 282, 4649, 314};
     const auto logits = backend->forward(prompt);
-    const std::pair<TokenId, float> reference[] = {{7042, 17.3713f}, {260, 14.8886f}, {4528, 13.245f}, {2250, 13.0095f}, {1315, 12.9515f}};
+    const std::pair<TokenId, float> reference[] = {
+        {7042, 17.3713f}, {260, 14.8886f}, {4528, 13.245f}, {2250, 13.0095f}, {1315, 12.9515f}};
     std::vector<TokenId> order(logits.size());
     std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + 5, order.end(), [&](TokenId a, TokenId b) { return logits[a] > logits[b]; });
+    std::partial_sort(order.begin(), order.begin() + 5, order.end(),
+                      [&](TokenId a, TokenId b) { return logits[a] > logits[b]; });
     float worst = 0;
-    for (const auto& [id, value] : reference) worst = std::max(worst, std::fabs(logits[static_cast<std::size_t>(id)] - value));
+    for (const auto& [id, value] : reference)
+      worst = std::max(worst, std::fabs(logits[static_cast<std::size_t>(id)] - value));
     MESSAGE("largest difference from the float64 reference over the top five logits: ", worst);
     for (int i = 0; i < 5; ++i) {
       CAPTURE(i);

@@ -38,11 +38,11 @@ std::vector<std::string> split(std::string_view pattern_a, std::string_view text
 
 TEST_CASE("GPT-2 byte-to-unicode map") {
   CHECK(byte_to_unicode('A') == "A");
-  CHECK(byte_to_unicode(' ') == "\xC4\xA0");    // U+0120 'Ġ'
-  CHECK(byte_to_unicode('\n') == "\xC4\x8A");   // U+010A 'Ċ'
-  CHECK(byte_to_unicode(0) == "\xC4\x80");      // U+0100: the first non-printable byte
-  CHECK(byte_to_unicode(0xAD) == "\xC5\x83");   // U+0143: soft hyphen, the last of the 68 remapped bytes
-  CHECK(byte_to_unicode(0xE9) == "\xC3\xA9");   // printable Latin-1 stands for itself
+  CHECK(byte_to_unicode(' ') == "\xC4\xA0");   // U+0120 'Ġ'
+  CHECK(byte_to_unicode('\n') == "\xC4\x8A");  // U+010A 'Ċ'
+  CHECK(byte_to_unicode(0) == "\xC4\x80");     // U+0100: the first non-printable byte
+  CHECK(byte_to_unicode(0xAD) == "\xC5\x83");  // U+0143: soft hyphen, the last of the 68 remapped bytes
+  CHECK(byte_to_unicode(0xE9) == "\xC3\xA9");  // printable Latin-1 stands for itself
 }
 
 TEST_CASE("BPE merges by rank, specials before BPE, decode back") {
@@ -63,8 +63,8 @@ TEST_CASE("BPE merges by rank, specials before BPE, decode back") {
   CHECK(tokenizer.decode(tokenizer.encode("<|im_end|>", false, false)) == "<|im_end|>");
   const std::string text = "Grüße, 世界! \t\n 🙂 12345   ";
   CHECK(tokenizer.decode(tokenizer.encode(text, false)) == text);
-  CHECK_THROWS_WITH_AS(static_cast<void>(tokenizer.encode("bad \xC3\x28 byte", false)), doctest::Contains("not valid UTF-8 (byte 4)"),
-                       kvq::Error);
+  CHECK_THROWS_WITH_AS(static_cast<void>(tokenizer.encode("bad \xC3\x28 byte", false)),
+                       doctest::Contains("not valid UTF-8 (byte 4)"), kvq::Error);
   CHECK(complete_utf8_prefix("ab\xE4\xB8") == 2);  // an unfinished 3-byte character is held back
   CHECK(complete_utf8_prefix("ab\xE4\xB8\x96") == 5);
 }
@@ -96,7 +96,8 @@ TEST_CASE("pre-tokenizer regexes split as Hugging Face tokenizers does") {
   const std::string b = "I'VE got 1234567 apples\n\n  and   spaces ";
   CHECK(split(llama3_pattern, b) ==
         V{"I", "'VE", " got", " ", "123", "456", "7", " apples", "\n\n", " ", " and", "  ", " spaces", " "});
-  CHECK(split(gpt2_pattern, b) == V{"I", "'", "VE", " got", " 1234567", " apples", "\n\n ", " and", "  ", " spaces", " "});
+  CHECK(split(gpt2_pattern, b) ==
+        V{"I", "'", "VE", " got", " 1234567", " apples", "\n\n ", " and", "  ", " spaces", " "});
   const std::string c = "naïve café, 日本語 🚀!!";
   CHECK(split(llama3_pattern, c) == V{"naïve", " café", ",", " 日本語", " 🚀!!"});
   CHECK(split(gpt2_pattern, c) == V{"naïve", " café", ",", " 日本語", " 🚀!!"});
@@ -113,8 +114,10 @@ TEST_CASE("tokenizer.json: Llama-3 style (Split + ByteLevel, bos by the post-pro
   nlohmann::json merges = nlohmann::json::array();
   for (std::size_t i = 0; i < model.merges.size(); ++i) {
     const auto& [left, right] = model.merges[i];
-    if (i % 2 == 0) merges.push_back(left + " " + right);  // older files: "left right"
-    else merges.push_back({left, right});                 // tokenizers >= 0.20: [left, right]
+    if (i % 2 == 0)
+      merges.push_back(left + " " + right);  // older files: "left right"
+    else
+      merges.push_back({left, right});  // tokenizers >= 0.20: [left, right]
   }
   const int bos = model.vocabulary() - 2;
   using J = nlohmann::json;
@@ -122,7 +125,10 @@ TEST_CASE("tokenizer.json: Llama-3 style (Split + ByteLevel, bos by the post-pro
   added.push_back({{"id", bos - 1}, {"content", "<|end_of_text|>"}, {"special", true}});
   added.push_back({{"id", bos}, {"content", "<|begin_of_text|>"}, {"special", true}});
   added.push_back({{"id", bos + 1}, {"content", "<|eot_id|>"}, {"special", true}});
-  J split_step = {{"type", "Split"}, {"pattern", {{"Regex", std::string(llama3_pattern)}}}, {"behavior", "Isolated"}, {"invert", false}};
+  J split_step = {{"type", "Split"},
+                  {"pattern", {{"Regex", std::string(llama3_pattern)}}},
+                  {"behavior", "Isolated"},
+                  {"invert", false}};
   J byte_level_step = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
   J single = J::array();
   single.push_back({{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}});
@@ -132,11 +138,13 @@ TEST_CASE("tokenizer.json: Llama-3 style (Split + ByteLevel, bos by the post-pro
   tokenizer["added_tokens"] = added;
   tokenizer["normalizer"] = nullptr;
   tokenizer["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", J::array({split_step, byte_level_step})}};
-  tokenizer["post_processor"] = {{"type", "Sequence"}, {"processors", J::array({J{{"type", "ByteLevel"}}, template_step})}};
+  tokenizer["post_processor"] = {{"type", "Sequence"},
+                                 {"processors", J::array({J{{"type", "ByteLevel"}}, template_step})}};
   tokenizer["decoder"] = {{"type", "ByteLevel"}};
   tokenizer["model"] = {{"type", "BPE"}, {"ignore_merges", true}, {"vocab", vocab}, {"merges", merges}};
   write_file(dir / "tokenizer.json", tokenizer.dump());
-  write_file(dir / "tokenizer_config.json", nlohmann::json{{"chat_template", "<|start_header_id|>..."}, {"eos_token", "<|eot_id|>"}}.dump());
+  write_file(dir / "tokenizer_config.json",
+             nlohmann::json{{"chat_template", "<|start_header_id|>..."}, {"eos_token", "<|eot_id|>"}}.dump());
   const Tokenizer t(tokenizer_from_json(dir / "tokenizer.json", dir / "tokenizer_config.json"));
   CHECK(t.add_bos());
   CHECK(t.bos_id() == bos);
@@ -175,7 +183,8 @@ TEST_CASE("tokenizer.json: Llama-3 style (Split + ByteLevel, bos by the post-pro
   broken["model"]["merges"].push_back("zz qq");
   CHECK(error_of(broken).find("merge 6 (\"zz qq\") names a token that is not in the vocabulary") == std::string::npos);
   CHECK_THROWS_WITH_AS(Tokenizer(tokenizer_from_json(dir / "broken.json", std::nullopt)),
-                       doctest::Contains("merge 6 (\"zz qq\") names a token that is not in the vocabulary"), kvq::Error);
+                       doctest::Contains("merge 6 (\"zz qq\") names a token that is not in the vocabulary"),
+                       kvq::Error);
   broken = tokenizer;
   broken["model"].erase("vocab");
   CHECK(error_of(broken).find("missing key model.vocab") != std::string::npos);

@@ -62,7 +62,8 @@ void GgufWriter::add_i32_array(const std::string& key, const std::vector<std::in
   for (std::int32_t value : values) encoded += encode(value);
   add_raw(key, 9, encoded);
 }
-void GgufWriter::add_tensor(const std::string& name, const std::vector<std::int64_t>& dims, std::uint32_t type, std::string data) {
+void GgufWriter::add_tensor(const std::string& name, const std::vector<std::int64_t>& dims, std::uint32_t type,
+                            std::string data) {
   tensors_.push_back({name, dims, type, std::move(data)});
 }
 void GgufWriter::set_alignment(std::uint32_t alignment) {
@@ -127,7 +128,8 @@ std::string encode_ggml(GgmlType type, const std::vector<float>& values) {
       for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
       const float d = amax / 127.0f;
       out += GgufWriter::encode(to_f16(d).bits);
-      for (int i = 0; i < 32; ++i) out += static_cast<char>(static_cast<std::int8_t>(d == 0 ? 0 : std::lround(x[i] / d)));
+      for (int i = 0; i < 32; ++i)
+        out += static_cast<char>(static_cast<std::int8_t>(d == 0 ? 0 : std::lround(x[i] / d)));
     } else if (type == GgmlType::q4_0) {
       float signed_max = 0;
       for (int i = 0; i < 32; ++i)
@@ -140,7 +142,9 @@ std::string encode_ggml(GgmlType type, const std::vector<float>& values) {
       const float low = *std::min_element(x, x + 32), high = *std::max_element(x, x + 32);
       const float d = (high - low) / 15.0f;
       out += GgufWriter::encode(to_f16(d).bits) + GgufWriter::encode(to_f16(low).bits);
-      auto code = [&](int i) { return d == 0 ? 0 : std::clamp(static_cast<int>(std::lround((x[i] - low) / d)), 0, 15); };
+      auto code = [&](int i) {
+        return d == 0 ? 0 : std::clamp(static_cast<int>(std::lround((x[i] - low) / d)), 0, 15);
+      };
       for (int i = 0; i < 16; ++i) out += static_cast<char>(code(i) | (code(i + 16) << 4));
     }
   }
@@ -154,8 +158,11 @@ std::string safetensors_bytes(const std::vector<SafetensorsEntry>& entries) {
   header["__metadata__"] = {{"format", "pt"}};
   std::string data;
   for (const SafetensorsEntry& e : entries) {
-    const std::string encoded = e.dtype == "F32" ? encode_f32(e.values) : e.dtype == "F16" ? encode_f16(e.values) : encode_bf16(e.values);
-    header[e.name] = {{"dtype", e.dtype}, {"shape", e.shape}, {"data_offsets", {data.size(), data.size() + encoded.size()}}};
+    const std::string encoded = e.dtype == "F32"   ? encode_f32(e.values)
+                                : e.dtype == "F16" ? encode_f16(e.values)
+                                                   : encode_bf16(e.values);
+    header[e.name] = {
+        {"dtype", e.dtype}, {"shape", e.shape}, {"data_offsets", {data.size(), data.size() + encoded.size()}}};
     data += encoded;
   }
   std::string text = header.dump();
@@ -190,7 +197,8 @@ TinyModel make_tiny_model(std::uint32_t seed, bool tied) {
     m.tensors.emplace_back(name, std::move(values));
     m.shapes.push_back(std::move(shape));
   };
-  const std::int64_t q = m.q_heads * m.head_dim, kv = m.kv_heads * m.head_dim, h = m.hidden, f = m.ffn, v = m.vocabulary();
+  const std::int64_t q = m.q_heads * m.head_dim, kv = m.kv_heads * m.head_dim, h = m.hidden, f = m.ffn,
+                     v = m.vocabulary();
   add("model.embed_tokens.weight", {v, h}, 1.0f, 0.0f);
   for (int layer = 0; layer < m.layers; ++layer) {
     const std::string p = "model.layers." + std::to_string(layer) + ".";
@@ -226,10 +234,9 @@ std::vector<float> permute_rows(const std::vector<float>& values, int heads, int
 
 std::string gguf_name(const std::string& hf) {
   static const std::map<std::string, std::string> parts = {
-      {"input_layernorm", "attn_norm"},       {"self_attn.q_proj", "attn_q"}, {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},         {"self_attn.o_proj", "attn_output"},
-      {"post_attention_layernorm", "ffn_norm"}, {"mlp.gate_proj", "ffn_gate"}, {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"}};
+      {"input_layernorm", "attn_norm"}, {"self_attn.q_proj", "attn_q"},      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},   {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},    {"mlp.up_proj", "ffn_up"},           {"mlp.down_proj", "ffn_down"}};
   if (hf == "model.embed_tokens.weight") return "token_embd.weight";
   if (hf == "model.norm.weight") return "output_norm.weight";
   if (hf == "lm_head.weight") return "output.weight";
@@ -257,7 +264,8 @@ GgufWriter tiny_gguf(const TinyModel& m, const GgufOptions& options) {
   u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(m.kv_heads));
   u32("llama.rope.dimension_count", static_cast<std::uint32_t>(m.head_dim));
   w.add_f32("llama.rope.freq_base", m.theta);
-  if (options.skip_key != "llama.attention.layer_norm_rms_epsilon") w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  if (options.skip_key != "llama.attention.layer_norm_rms_epsilon")
+    w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   w.add_string("tokenizer.ggml.model", "gpt2");
   w.add_string("tokenizer.ggml.pre", "gpt2");
   w.add_string_array("tokenizer.ggml.tokens", m.tokens);
@@ -292,7 +300,8 @@ GgufWriter tiny_gguf(const TinyModel& m, const GgufOptions& options) {
   return w;
 }
 
-void write_tiny_hugging_face(const TinyModel& m, const std::filesystem::path& directory, const std::string& dtype, int shards) {
+void write_tiny_hugging_face(const TinyModel& m, const std::filesystem::path& directory, const std::string& dtype,
+                             int shards) {
   std::filesystem::create_directories(directory);
   const int eos = m.vocabulary() - 3;
   nlohmann::json config = {{"model_type", "llama"},
@@ -319,17 +328,30 @@ void write_tiny_hugging_face(const TinyModel& m, const std::filesystem::path& di
   for (const auto& [left, right] : m.merges) merges.push_back({left, right});
   nlohmann::json added = nlohmann::json::array();
   for (int id = m.vocabulary() - 3; id < m.vocabulary(); ++id)
-    added.push_back({{"id", id}, {"content", m.tokens[static_cast<std::size_t>(id)]}, {"special", true},
-                     {"single_word", false}, {"lstrip", false}, {"rstrip", false}, {"normalized", false}});
+    added.push_back({{"id", id},
+                     {"content", m.tokens[static_cast<std::size_t>(id)]},
+                     {"special", true},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false}});
   nlohmann::json tokenizer = {
       {"version", "1.0"},
       {"added_tokens", added},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"post_processor", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"post_processor",
+       {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}}},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"byte_fallback", false},
-                 {"ignore_merges", false}, {"vocab", vocab}, {"merges", merges}}}};
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", merges}}}};
   write_file(directory / "tokenizer.json", tokenizer.dump(2));
 
   std::vector<std::vector<SafetensorsEntry>> files(static_cast<std::size_t>(shards));

@@ -91,7 +91,7 @@ struct TinyModel {
   int layers = 2, hidden = 128, ffn = 96, q_heads = 2, kv_heads = 1, head_dim = 64;
   float theta = 10000.0f;
   bool tied = false;
-  std::vector<std::string> tokens;   // byte-level texts, specials last
+  std::vector<std::string> tokens;  // byte-level texts, specials last
   std::vector<std::pair<std::string, std::string>> merges;
   std::vector<std::pair<std::string, std::vector<float>>> tensors;  // HF names, row-major HF shapes
   std::vector<std::vector<std::int64_t>> shapes;

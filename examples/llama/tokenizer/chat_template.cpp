@@ -26,7 +26,8 @@ std::optional<std::string> default_system_message(std::string_view chat_template
   return std::string(message);
 }
 
-std::string format_chat(std::string_view chat_template, std::string_view user, const std::optional<std::string>& system) {
+std::string format_chat(std::string_view chat_template, std::string_view user,
+                        const std::optional<std::string>& system) {
   std::string text;
   switch (detect_chat_format(chat_template)) {
     case ChatFormat::chatml: {

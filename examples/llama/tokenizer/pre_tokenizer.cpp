@@ -20,7 +20,8 @@ RegexSplitter::RegexSplitter(std::string_view pattern) : pattern_(pattern) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error_code, message, sizeof(message));
     throw Error(ErrorCode::invalid_argument, "pre-tokenizer pattern " + pattern_ + " does not compile at offset " +
-                                                 std::to_string(error_offset) + ": " + reinterpret_cast<char*>(message));
+                                                 std::to_string(error_offset) + ": " +
+                                                 reinterpret_cast<char*>(message));
   }
   // JIT compilation makes the matches several times faster; where it is unavailable the interpreter gives the
   // same results.
@@ -38,12 +39,14 @@ void RegexSplitter::split(std::string_view text, std::vector<std::string>& out) 
   std::size_t start = 0;
   while (start < text.size()) {
     // The caller validated the UTF-8 once; without NO_UTF_CHECK PCRE2 would check the whole subject per match.
-    const int result = pcre2_match(compiled_->code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, match.get(), nullptr);
+    const int result =
+        pcre2_match(compiled_->code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, match.get(), nullptr);
     if (result == PCRE2_ERROR_NOMATCH) break;
     if (result < 0) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(result, message, sizeof(message));
-      throw Error(ErrorCode::invalid_argument, std::string("pre-tokenizer: PCRE2 match failed: ") + reinterpret_cast<char*>(message));
+      throw Error(ErrorCode::invalid_argument,
+                  std::string("pre-tokenizer: PCRE2 match failed: ") + reinterpret_cast<char*>(message));
     }
     const PCRE2_SIZE* range = pcre2_get_ovector_pointer(match.get());
     std::size_t begin = range[0], end = range[1];
@@ -95,10 +98,20 @@ int utf8_sequence_length(std::string_view text, std::size_t i) {
   int length;
   std::uint32_t minimum;
   std::uint32_t code;
-  if ((lead & 0xE0) == 0xC0) { length = 2; minimum = 0x80; code = lead & 0x1F; }
-  else if ((lead & 0xF0) == 0xE0) { length = 3; minimum = 0x800; code = lead & 0x0F; }
-  else if ((lead & 0xF8) == 0xF0) { length = 4; minimum = 0x10000; code = lead & 0x07; }
-  else return 0;
+  if ((lead & 0xE0) == 0xC0) {
+    length = 2;
+    minimum = 0x80;
+    code = lead & 0x1F;
+  } else if ((lead & 0xF0) == 0xE0) {
+    length = 3;
+    minimum = 0x800;
+    code = lead & 0x0F;
+  } else if ((lead & 0xF8) == 0xF0) {
+    length = 4;
+    minimum = 0x10000;
+    code = lead & 0x07;
+  } else
+    return 0;
   for (int k = 1; k < length; ++k) {
     if (i + static_cast<std::size_t>(k) >= text.size()) return -1;
     const unsigned char next = byte(i + static_cast<std::size_t>(k));
@@ -127,7 +140,7 @@ std::size_t complete_utf8_prefix(std::string_view text) {
   std::size_t i = 0;
   while (i < text.size()) {
     const int length = utf8_sequence_length(text, i);
-    if (length < 0) break;            // an incomplete character at the end: wait for the rest
+    if (length < 0) break;                                    // an incomplete character at the end: wait for the rest
     i += length == 0 ? 1 : static_cast<std::size_t>(length);  // malformed bytes are passed on, never held forever
   }
   return i;

@@ -96,15 +96,17 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)), tokens_(spec_
     byte_count += it == ids_.end() ? 0 : 1;
     unicode_to_byte_.emplace(byte_to_code_point(static_cast<std::uint8_t>(byte)), static_cast<std::uint8_t>(byte));
   }
-  require(byte_count >= 128, ErrorCode::io_error,
-          fmt::format("{}: not a byte-level BPE vocabulary: only {} of the 256 byte tokens are there", source, byte_count));
+  require(
+      byte_count >= 128, ErrorCode::io_error,
+      fmt::format("{}: not a byte-level BPE vocabulary: only {} of the 256 byte tokens are there", source, byte_count));
   merges_.reserve(spec_.merges.size());
   for (std::size_t rank = 0; rank < spec_.merges.size(); ++rank) {
     const auto& [left, right] = spec_.merges[rank];
     const auto l = ids_.find(left), r = ids_.find(right), joined = ids_.find(left + right);
     if (l == ids_.end() || r == ids_.end() || joined == ids_.end())
       throw Error(ErrorCode::io_error,
-                  fmt::format("{}: merge {} (\"{} {}\") names a token that is not in the vocabulary", source, rank, left, right));
+                  fmt::format("{}: merge {} (\"{} {}\") names a token that is not in the vocabulary", source, rank,
+                              left, right));
     // A repeated pair keeps its first (lowest) rank, as tokenizers does.
     merges_.emplace(pair_key(l->second, r->second), Merge{static_cast<int>(rank), joined->second});
   }
@@ -116,7 +118,8 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)), tokens_(spec_
   check_id(spec_.bos_id, "bos");
   check_id(spec_.eos_id, "eos");
   for (TokenId id : spec_.end_of_turn_ids) check_id(id, "end-of-turn");
-  require(!spec_.add_bos || spec_.bos_id.has_value(), ErrorCode::io_error, source + ": adds a bos token but names none");
+  require(!spec_.add_bos || spec_.bos_id.has_value(), ErrorCode::io_error,
+          source + ": adds a bos token but names none");
 }
 
 const std::string& Tokenizer::token_text(TokenId id) const {
@@ -231,8 +234,10 @@ std::string Tokenizer::decode(std::span<const TokenId> ids, bool skip_special) c
       const std::size_t start = i;
       const std::uint32_t code = next_code_point(token, i);
       const auto it = unicode_to_byte_.find(code);
-      if (it != unicode_to_byte_.end()) text += static_cast<char>(it->second);
-      else text.append(token, start, i - start);  // not a byte stand-in (a plain-text added token): verbatim
+      if (it != unicode_to_byte_.end())
+        text += static_cast<char>(it->second);
+      else
+        text.append(token, start, i - start);  // not a byte stand-in (a plain-text added token): verbatim
     }
   }
   return text;

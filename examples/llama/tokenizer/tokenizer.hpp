@@ -24,10 +24,10 @@ using TokenId = std::int32_t;
 
 // What a tokenizer file (tokenizer.json, or a GGUF's tokenizer.ggml.* keys) says; tokenizer_sources.hpp reads them.
 struct TokenizerSpec {
-  std::string source;                                         // the file, for messages
-  std::vector<std::string> tokens;                            // id -> token text
-  std::vector<std::pair<std::string, std::string>> merges;    // in rank order
-  std::vector<TokenId> special_ids;                           // matched in text before BPE, decoded verbatim
+  std::string source;                                       // the file, for messages
+  std::vector<std::string> tokens;                          // id -> token text
+  std::vector<std::pair<std::string, std::string>> merges;  // in rank order
+  std::vector<TokenId> special_ids;                         // matched in text before BPE, decoded verbatim
   std::vector<std::string> pre_tokenizer_patterns;
   bool add_prefix_space = false;
   bool ignore_merges = false;  // a piece that is a whole vocabulary entry is that token (Llama-3's tokenizer.json)
@@ -78,7 +78,7 @@ class Tokenizer {
   std::vector<bool> special_;
   std::vector<TokenId> specials_by_length_;  // longest first, so "<|im_start|>" wins over a shorter prefix
   bool special_first_byte_[256] = {};        // whether some special token starts with this byte
-  TokenId byte_tokens_[256] = {};  // -1: the vocabulary has no token for the byte
+  TokenId byte_tokens_[256] = {};            // -1: the vocabulary has no token for the byte
   std::unordered_map<std::uint32_t, std::uint8_t> unicode_to_byte_;
   PreTokenizer pre_tokenizer_;
 };

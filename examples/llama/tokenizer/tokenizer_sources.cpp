@@ -89,7 +89,8 @@ std::optional<std::string> config_token(const json& config, const char* key) {
   if (!config.is_object() || !config.contains(key)) return std::nullopt;
   const json& value = config[key];
   if (value.is_string()) return value.get<std::string>();
-  if (value.is_object() && value.contains("content") && value["content"].is_string()) return value["content"].get<std::string>();
+  if (value.is_object() && value.contains("content") && value["content"].is_string())
+    return value["content"].get<std::string>();
   return std::nullopt;
 }
 
@@ -105,13 +106,15 @@ TokenizerSpec tokenizer_from_gguf(const GgufFile& file) {
   TokenizerSpec spec;
   spec.source = file.path();
   const std::string model = file.string("tokenizer.ggml.model");
-  require(model == "gpt2", ErrorCode::io_error,
-          fmt::format("{}: tokenizer.ggml.model is \"{}\"; only \"gpt2\" (byte-level BPE, as Llama-3 uses) is supported",
-                      file.path(), model));
+  require(
+      model == "gpt2", ErrorCode::io_error,
+      fmt::format("{}: tokenizer.ggml.model is \"{}\"; only \"gpt2\" (byte-level BPE, as Llama-3 uses) is supported",
+                  file.path(), model));
   spec.tokens = file.string_array("tokenizer.ggml.tokens");
   const auto merges = file.string_array("tokenizer.ggml.merges");
   spec.merges.reserve(merges.size());
-  for (std::size_t rank = 0; rank < merges.size(); ++rank) spec.merges.push_back(split_merge(merges[rank], file.path(), rank));
+  for (std::size_t rank = 0; rank < merges.size(); ++rank)
+    spec.merges.push_back(split_merge(merges[rank], file.path(), rank));
   if (file.find("tokenizer.ggml.token_type") != nullptr) {
     const auto types = file.integer_array("tokenizer.ggml.token_type");
     require(types.size() == spec.tokens.size(), ErrorCode::io_error,
@@ -131,7 +134,8 @@ TokenizerSpec tokenizer_from_gguf(const GgufFile& file) {
     spec.pre_tokenizer_patterns = {std::string(gpt2_pattern)};
   } else {
     throw Error(ErrorCode::io_error, fmt::format("{}: tokenizer.ggml.pre \"{}\" is not supported (llama-bpe, llama3, "
-                                                 "smollm, gpt2, default are)", file.path(), pre));
+                                                 "smollm, gpt2, default are)",
+                                                 file.path(), pre));
   }
   spec.add_prefix_space = file.optional_boolean("tokenizer.ggml.add_space_prefix").value_or(false);
   auto id = [&](const char* key) -> std::optional<TokenId> {
@@ -159,7 +163,8 @@ TokenizerSpec read_tokenizer_json(const std::filesystem::path& tokenizer_json,
   spec.source = file.string();
   const json& model = root.contains("model") ? root["model"] : json();
   const auto model_type = json_value_or<std::string>(model, "type", "BPE", file);
-  require(model_type == "BPE", ErrorCode::io_error, file.string() + ": model type " + model_type + " is not supported (BPE is)");
+  require(model_type == "BPE", ErrorCode::io_error,
+          file.string() + ": model type " + model_type + " is not supported (BPE is)");
   require(!json_value_or<bool>(model, "byte_fallback", false, file), ErrorCode::io_error,
           file.string() + ": BPE with byte_fallback (SentencePiece style) is not supported");
   require(root.value("normalizer", json()).is_null(), ErrorCode::io_error,
@@ -171,12 +176,14 @@ TokenizerSpec read_tokenizer_json(const std::filesystem::path& tokenizer_json,
   // Ids may leave gaps; 2^24 keeps a corrupted id from asking for gigabytes.
   constexpr std::int64_t max_id = std::int64_t{1} << 24;
   auto place = [&](std::int64_t id, const std::string& text) {
-    require(id >= 0 && id < max_id, ErrorCode::io_error, fmt::format("{}: token \"{}\" has id {}", file.string(), text, id));
+    require(id >= 0 && id < max_id, ErrorCode::io_error,
+            fmt::format("{}: token \"{}\" has id {}", file.string(), text, id));
     if (spec.tokens.size() <= static_cast<std::size_t>(id)) spec.tokens.resize(static_cast<std::size_t>(id) + 1);
     spec.tokens[static_cast<std::size_t>(id)] = text;
   };
   for (const auto& [text, id] : vocab.items()) {
-    require(id.is_number_integer(), ErrorCode::io_error, file.string() + ": model.vocab[\"" + text + "\"] is not an integer");
+    require(id.is_number_integer(), ErrorCode::io_error,
+            file.string() + ": model.vocab[\"" + text + "\"] is not an integer");
     place(id.get<std::int64_t>(), text);
   }
   const json& merges = model.contains("merges") ? model["merges"] : json::array();
@@ -187,7 +194,8 @@ TokenizerSpec read_tokenizer_json(const std::filesystem::path& tokenizer_json,
       spec.merges.push_back(split_merge(merge.get<std::string>(), file.string(), rank));
     } else {
       // tokenizers >= 0.20 writes merges as [left, right] pairs.
-      require(merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string(), ErrorCode::io_error,
+      require(merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string(),
+              ErrorCode::io_error,
               fmt::format("{}: merge {} is neither \"left right\" nor [left, right]", file.string(), rank));
       spec.merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
     }
@@ -213,8 +221,10 @@ TokenizerSpec read_tokenizer_json(const std::filesystem::path& tokenizer_json,
   const auto bos_text = config_token(config, "bos_token");
   const auto eos_text = config_token(config, "eos_token");
   const auto template_bos_text = template_bos(root.value("post_processor", json()));
-  if (template_bos_text) spec.bos_id = id_of(spec, *template_bos_text);
-  else if (bos_text) spec.bos_id = id_of(spec, *bos_text);
+  if (template_bos_text)
+    spec.bos_id = id_of(spec, *template_bos_text);
+  else if (bos_text)
+    spec.bos_id = id_of(spec, *bos_text);
   if (eos_text) spec.eos_id = id_of(spec, *eos_text);
   spec.add_bos = template_bos_text.has_value() && spec.bos_id.has_value();
   if (config.is_object() && config.contains("add_bos_token") && config["add_bos_token"].is_boolean())

@@ -56,12 +56,15 @@ class CpuBackend final : public Backend {
     const auto count = static_cast<std::int64_t>(tokens.size());
     require(count > 0, ErrorCode::invalid_argument, "forward: no tokens");
     const std::int64_t first = position();
-    require(first + count <= cache_.config().max_tokens_per_sequence, ErrorCode::capacity_exceeded,
-            fmt::format("forward: {} + {} tokens exceed the cache's {} (raise --context)", first, count,
-                        cache_.config().max_tokens_per_sequence));
+    // Checked with if, not require(): these run every step and the messages need formatting.
+    if (first + count > cache_.config().max_tokens_per_sequence)
+      throw Error(ErrorCode::capacity_exceeded,
+                  fmt::format("forward: {} + {} tokens exceed the cache's {} (raise --context)", first, count,
+                              cache_.config().max_tokens_per_sequence));
     for (TokenId token : tokens)
-      require(token >= 0 && token < c.vocabulary, ErrorCode::invalid_argument,
-              fmt::format("forward: token {} is outside the vocabulary of {}", token, c.vocabulary));
+      if (token < 0 || token >= c.vocabulary)
+        throw Error(ErrorCode::invalid_argument,
+                    fmt::format("forward: token {} is outside the vocabulary of {}", token, c.vocabulary));
     resize(count);
 
     const int sequence = 0;

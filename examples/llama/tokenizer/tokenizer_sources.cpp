@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "model/gguf_file.hpp"
 #include "model/json_file.hpp"
@@ -29,8 +30,9 @@ void add_end_of_turn_tokens(TokenizerSpec& spec) {
 
 std::pair<std::string, std::string> split_merge(const std::string& merge, const std::string& file, std::size_t rank) {
   const std::size_t space = merge.find(' ');
-  require(space != std::string::npos && space > 0 && space + 1 < merge.size(), ErrorCode::io_error,
-          fmt::format("{}: merge {} (\"{}\") is not two tokens separated by a space", file, rank, merge));
+  if (space == std::string::npos || space == 0 || space + 1 >= merge.size())  // not require(): runs per merge
+    throw Error(ErrorCode::io_error,
+                fmt::format("{}: merge {} (\"{}\") is not two tokens separated by a space", file, rank, merge));
   return {merge.substr(0, space), merge.substr(space + 1)};
 }
 
@@ -139,7 +141,11 @@ TokenizerSpec tokenizer_from_gguf(const GgufFile& file) {
   }
   spec.add_prefix_space = file.optional_boolean("tokenizer.ggml.add_space_prefix").value_or(false);
   auto id = [&](const char* key) -> std::optional<TokenId> {
-    if (const auto value = file.optional_integer(key)) return static_cast<TokenId>(*value);
+    if (const auto value = file.optional_integer(key)) {
+      require(*value >= 0 && *value <= std::numeric_limits<TokenId>::max(), ErrorCode::io_error,
+              fmt::format("{}: {} = {} is not a token id", file.path(), key, *value));
+      return static_cast<TokenId>(*value);
+    }
     return std::nullopt;
   };
   spec.bos_id = id("tokenizer.ggml.bos_token_id");

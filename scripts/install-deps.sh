@@ -3,14 +3,15 @@
 #
 #   cmake (>= 3.25), ninja-build, g++ (C++20), doctest-dev (tests),
 #   libfmt-dev (examples), libbenchmark-dev (benchmarks),
-#   nlohmann-json3-dev (config.json in the memory planner and its tests),
-#   gnuplot-nox (kvq_plan --plot, tested by CI).
+#   nlohmann-json3-dev (config.json in the memory planner, the kvq_llama example and their tests),
+#   gnuplot-nox (kvq_plan --plot, tested by CI), libpcre2-dev and libopenblas-dev (the kvq_llama example).
 #
 # Runs apt-get only when something is missing and we are root (no sudo is
 # used). CUDA (nvcc >= 13) is not installed here; its presence is reported.
 set -euo pipefail
 
-PACKAGES=(cmake ninja-build g++ doctest-dev libfmt-dev libbenchmark-dev nlohmann-json3-dev gnuplot-nox)
+PACKAGES=(cmake ninja-build g++ doctest-dev libfmt-dev libbenchmark-dev nlohmann-json3-dev gnuplot-nox libpcre2-dev
+          libopenblas-dev)
 MIN_CMAKE=3.25
 
 die() { echo "install-deps: ERROR: $*" >&2; exit 1; }

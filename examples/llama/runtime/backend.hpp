@@ -1,0 +1,50 @@
+// The seam between the generation loop and where the model runs. A backend owns the KV cache and its scratch
+// buffers and runs tokens through the model; generate() (generate.hpp) only sees this interface.
+//
+// Backends: the CPU backend (make_cpu_backend in cpu_backend.hpp: BLAS matrix products, kvq::HostPagedKVCache, kvq's
+// host attention), which is also the reference for checking others. A GPU backend (cuBLAS, kvq::cuda::PagedKVCache, the
+// kvq decode and chunked-prefill attention kernels) goes beside it: a make_gpu_backend() with the same options
+// returning this interface, built only when CUDA is enabled. Nothing above this file changes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/llama_model.hpp"
+
+namespace kvq::llama {
+
+struct KvCacheOptions {
+  std::string preset = "fp16";                             // kv_presets.hpp
+  std::vector<std::pair<int, std::string>> layer_presets;  // per-layer overrides: (layer, preset)
+  std::int64_t max_tokens = 4096;                          // capacity of the sequence
+  int page_tokens = 256;
+  int sink_tokens = 0;    // first tokens kept in fp16
+  int window_tokens = 0;  // most recent tokens kept in fp16
+};
+
+struct KvCacheReport {
+  std::string format;                // "int8 x30" or "int8 x28, fp16 x2"
+  std::int64_t allocated_bytes = 0;  // what the cache holds, all layers (kvq::CacheMemory::total_bytes)
+  double bytes_per_token = 0;        // quantized bytes one token costs, all layers, metadata included
+  std::int64_t tokens = 0;           // tokens in the cache now
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  [[nodiscard]] virtual std::string name() const = 0;
+  // Runs `tokens` (one or more) through the model at the next positions of the sequence, appends their keys and
+  // values to the cache, and returns the logits of the last one (valid until the next call). The caller chunks
+  // long prompts; a chunk attends to every token before it and causally within itself.
+  virtual std::span<const float> forward(std::span<const TokenId> tokens) = 0;
+  [[nodiscard]] virtual std::int64_t position() const = 0;  // tokens in the cache
+  [[nodiscard]] virtual KvCacheReport kv_cache() const = 0;
+  virtual void reset() = 0;  // empties the sequence
+};
+
+}  // namespace kvq::llama

@@ -1,0 +1,183 @@
+#include "runtime/cpu_backend.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+#include <map>
+
+#include "kvq/cache/host_paged_cache.hpp"
+#include "kvq/host/decode_attention.hpp"
+#include "runtime/cpu_math.hpp"
+#include "runtime/kv_presets.hpp"
+#include "runtime/prefill_attention.hpp"
+
+namespace kvq::llama {
+namespace {
+
+template <class Tiers>
+class CpuBackend final : public Backend {
+ public:
+  static constexpr int head_dim = Tiers::head_dim;
+
+  CpuBackend(const LlamaModel& model, const CacheConfig& cache_config)
+      : model_(model), cache_(cache_config, std::numeric_limits<std::int64_t>::max()) {
+    logits_.resize(static_cast<std::size_t>(model.config.vocabulary));
+  }
+
+  [[nodiscard]] std::string name() const override { return "cpu (OpenBLAS, kvq host cache and host attention)"; }
+  [[nodiscard]] std::int64_t position() const override { return cache_.sequences().sequence(0).length; }
+
+  [[nodiscard]] KvCacheReport kv_cache() const override {
+    KvCacheReport report;
+    std::map<int, int> layers_per_tier;
+    for (int layer = 0; layer < model_.config.layers; ++layer) {
+      const int tier = cache_.storage(layer).tier;
+      ++layers_per_tier[tier];
+      report.bytes_per_token += Tiers::visit(tier, [&]<class Tier>() {
+        return TierPageLayout<Tier>::bytes_per_quantized_token(cache_.config().page_tokens, cache_.config().kv_heads);
+      });
+    }
+    for (const auto& [tier, layers] : layers_per_tier) {
+      std::string_view name = "?";
+      for (const KvPreset& preset : kv_presets)
+        if (preset.tier == tier) name = preset.name;
+      report.format += fmt::format("{}{} x{}", report.format.empty() ? "" : ", ", name, layers);
+    }
+    report.allocated_bytes = cache_.memory().total_bytes();
+    report.tokens = position();
+    return report;
+  }
+
+  void reset() override { cache_.reset(0); }
+
+  std::span<const float> forward(std::span<const TokenId> tokens) override {
+    const LlamaConfig& c = model_.config;
+    const auto count = static_cast<std::int64_t>(tokens.size());
+    require(count > 0, ErrorCode::invalid_argument, "forward: no tokens");
+    const std::int64_t first = position();
+    // Checked with if, not require(): these run every step and the messages need formatting.
+    if (first + count > cache_.config().max_tokens_per_sequence)
+      throw Error(ErrorCode::capacity_exceeded,
+                  fmt::format("forward: {} + {} tokens exceed the cache's {} (raise --context)", first, count,
+                              cache_.config().max_tokens_per_sequence));
+    for (TokenId token : tokens)
+      if (token < 0 || token >= c.vocabulary)
+        throw Error(ErrorCode::invalid_argument,
+                    fmt::format("forward: token {} is outside the vocabulary of {}", token, c.vocabulary));
+    resize(count);
+
+    const int sequence = 0;
+    const AppendPlan plan = cache_.reserve({&sequence, 1}, {&count, 1});
+    int written = 0;
+    try {
+      for (std::int64_t t = 0; t < count; ++t)
+        std::copy_n(model_.weights.embedding.values.data() +
+                        static_cast<std::int64_t>(tokens[static_cast<std::size_t>(t)]) * c.hidden,
+                    c.hidden, hidden_.data() + t * c.hidden);
+      for (int layer = 0; layer < c.layers; ++layer) run_layer(plan, layer, first, count, written);
+    } catch (...) {
+      // The cache already counts the tokens; fill the layers not yet written and take the tokens back out, so the
+      // backend stays usable after a failed step.
+      std::fill(key_.begin(), key_.end(), 0.0f);
+      std::fill(value_.begin(), value_.end(), 0.0f);
+      for (int layer = written; layer < c.layers; ++layer)
+        cache_.template write<float>(plan, layer, key_span(count), value_span(count));
+      cache_.truncate(0, first);
+      throw;
+    }
+    const float* last = hidden_.data() + (count - 1) * c.hidden;
+    rms_norm(last, model_.weights.output_norm.data(), 1, c.hidden, c.rms_epsilon, normed_.data());
+    project(model_.weights.logits_matrix(), normed_.data(), 1, logits_.data());
+    return logits_;
+  }
+
+ private:
+  void resize(std::int64_t count) {
+    const LlamaConfig& c = model_.config;
+    const auto rows = static_cast<std::size_t>(count);
+    hidden_.resize(rows * static_cast<std::size_t>(c.hidden));
+    normed_.resize(hidden_.size());
+    projected_.resize(hidden_.size());
+    query_.resize(rows * static_cast<std::size_t>(c.q_heads) * head_dim);
+    attention_.resize(query_.size());
+    key_.resize(rows * static_cast<std::size_t>(c.kv_heads) * head_dim);
+    value_.resize(key_.size());
+    gate_.resize(rows * static_cast<std::size_t>(c.ffn));
+    up_.resize(gate_.size());
+  }
+  std::span<const float> key_span(std::int64_t count) const {
+    return {key_.data(), static_cast<std::size_t>(count) * static_cast<std::size_t>(model_.config.kv_heads) * head_dim};
+  }
+  std::span<const float> value_span(std::int64_t count) const {
+    return {value_.data(),
+            static_cast<std::size_t>(count) * static_cast<std::size_t>(model_.config.kv_heads) * head_dim};
+  }
+
+  // `written` counts the layers whose keys and values are in the cache, for the clean-up of a failed step.
+  void run_layer(const AppendPlan& plan, int layer, std::int64_t first, std::int64_t count, int& written) {
+    const LlamaConfig& c = model_.config;
+    const LayerWeights& w = model_.weights.layers[static_cast<std::size_t>(layer)];
+    rms_norm(hidden_.data(), w.attention_norm.data(), count, c.hidden, c.rms_epsilon, normed_.data());
+    project(w.query, normed_.data(), count, query_.data());
+    project(w.key, normed_.data(), count, key_.data());
+    project(w.value, normed_.data(), count, value_.data());
+    for (std::int64_t t = 0; t < count; ++t)
+      for (int head = 0; head < c.q_heads; ++head)
+        apply_rope<head_dim>(query_.data() + (t * c.q_heads + head) * head_dim, first + t, cache_.rope_table(),
+                             c.rope.style);
+    cache_.template write<float>(plan, layer, key_span(count), value_span(count));
+    ++written;
+
+    const CacheLayerView view = cache_.view(layer);
+    Tiers::visit(view.tier, [&]<class Tier>() {
+      if (count == 1) {
+        // One token: kvq's host decode attention, as is.
+        decoded_.resize(query_.size());
+        decode_attention_reference<Tier>(view, TierParams<Tier>{}, cache_.rope_table(), c.rope.style, 0, query_,
+                                         c.q_heads, AttentionParams{}, decoded_);
+        std::transform(decoded_.begin(), decoded_.end(), attention_.begin(),
+                       [](double x) { return static_cast<float>(x); });
+      } else {
+        prefill_attention<Tier>(view, cache_.rope_table(), c.rope.style, first, count, query_.data(), c.q_heads,
+                                attention_.data());
+      }
+    });
+    project(w.output, attention_.data(), count, projected_.data());
+    for (std::size_t i = 0; i < projected_.size(); ++i) hidden_[i] += projected_[i];
+
+    rms_norm(hidden_.data(), w.ffn_norm.data(), count, c.hidden, c.rms_epsilon, normed_.data());
+    project(w.gate, normed_.data(), count, gate_.data());
+    project(w.up, normed_.data(), count, up_.data());
+    swiglu(gate_.data(), up_.data(), static_cast<std::int64_t>(gate_.size()));
+    project(w.down, gate_.data(), count, projected_.data());
+    for (std::size_t i = 0; i < projected_.size(); ++i) hidden_[i] += projected_[i];
+  }
+
+  const LlamaModel& model_;
+  HostPagedKVCache<Tiers> cache_;
+  std::vector<float> hidden_, normed_, projected_, query_, attention_, key_, value_, gate_, up_, logits_;
+  std::vector<double> decoded_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCacheOptions& options) {
+  const LlamaConfig& c = model.config;
+  CacheConfig config;
+  config.layers = c.layers;
+  config.kv_heads = c.kv_heads;
+  config.max_sequences = 1;
+  config.max_tokens_per_sequence = options.max_tokens;
+  config.page_tokens = options.page_tokens;
+  config.sink_tokens = options.sink_tokens;
+  config.window_tokens = options.window_tokens;
+  config.key_position = KeyPosition::post_rope;
+  config.rope = c.rope;
+  config.layer_tier = kv_layer_tiers(c.layers, options.preset, options.layer_presets);
+  return dispatch_kv_tiers(c.head_dim, [&]<class Tiers>() -> std::unique_ptr<Backend> {
+    return std::make_unique<CpuBackend<Tiers>>(model, config);
+  });
+}
+
+}  // namespace kvq::llama

@@ -1,0 +1,43 @@
+// Causal attention for a prefill chunk over a kvq host cache layer that already holds the chunk's keys and
+// values: per query, what kvq::decode_attention_reference computes, for `count` queries at once. Every key and
+// value is read once per chunk and KV head with kvq::read_attention_token, exactly as the reference reads them
+// (dequantized, original domain); the products then run through BLAS in float (cpu_math.hpp), since a prefill
+// chunk is a matrix product, not the reference's per-token loop in double.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "kvq/cache/cache_state.hpp"
+#include "kvq/cache/layer_view.hpp"
+#include "kvq/core/error.hpp"
+#include "kvq/core/rope.hpp"
+#include "kvq/host/decode_attention.hpp"
+#include "runtime/cpu_math.hpp"
+
+namespace kvq::llama {
+
+// Queries at positions [first, first + count) of sequence 0; out[i] attends to tokens [0, first + i].
+// query/out: [count][q_heads][head_dim] floats.
+template <class Tier>
+void prefill_attention(const CacheLayerView& view, const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style,
+                       std::int64_t first, std::int64_t count, const float* query, int q_heads, float* out) {
+  constexpr int d = Tier::KeyPolicy::head_dim;
+  static_assert(
+      std::is_empty_v<typename Tier::KeyPolicy::Params> && std::is_empty_v<typename Tier::ValuePolicy::Params>,
+      "kvq: the CPU backend passes default policy parameters; give it the cache's for policies that have some");
+  const TierParams<Tier> params{};
+  const std::int64_t length = first + count;
+  require(view.lengths[0] >= length, ErrorCode::invalid_argument,
+          "prefill attention: the cache does not hold the chunk yet");
+  const int group = q_heads / view.kv_heads;
+  std::vector<float> keys(static_cast<std::size_t>(length) * d), values(keys.size());
+  for (int kv = 0; kv < view.kv_heads; ++kv) {
+    for (std::int64_t t = 0; t < length; ++t)
+      read_attention_token<Tier>(view, params, rope, style, 0, t, kv, keys.data() + t * d, values.data() + t * d);
+    causal_attention(query, keys.data(), values.data(), first, count, q_heads, kv * group, group, d, out);
+  }
+}
+
+}  // namespace kvq::llama

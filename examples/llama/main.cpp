@@ -34,12 +34,12 @@ constexpr const char* usage = R"(usage: kvq_llama --model PATH [options]
   --prompt TEXT        prompt (default "The capital of France is")
   --prompt-file PATH   prompt read from a UTF-8 file instead
   --tokens N           tokens to generate (default 32)
-  --kv FORMAT          KV cache format of every layer: {} (default fp16)
-  --kv-layer L=FORMAT  format of layer L (repeatable), e.g. --kv int8 --kv-layer 0=fp16
+  --kv PRESET          KV cache preset of every layer: {} (default fp16)
+  --kv-layer L=PRESET  preset of layer L (repeatable), e.g. --kv int8 --kv-layer 0=fp16
   --chunk N            prompt tokens per prefill step (default 256)
   --context N          cache capacity in tokens (default: prompt + tokens)
-  --sinks N            first tokens kept in fp16 (default 0)
-  --window N           most recent tokens kept in fp16 (default 0)
+  --sinks N            first tokens kept in fp16 (default 0; a preset may keep more, e.g. nuq* 1)
+  --window N           most recent tokens kept in fp16 (default 0; a preset may keep more, e.g. kivi-* 128)
   --temperature T      0 = greedy (default 0)
   --top-p P            nucleus sampling threshold (default 1)
   --seed S             sampling seed (default 0)

@@ -19,12 +19,12 @@
 namespace kvq::llama {
 
 struct KvCacheOptions {
-  std::string preset = "fp16";                             // kv_presets.hpp
+  std::string preset = "fp16";                             // a kvq preset name (kvq/cache/presets.hpp)
   std::vector<std::pair<int, std::string>> layer_presets;  // per-layer overrides: (layer, preset)
   std::int64_t max_tokens = 4096;                          // capacity of the sequence
   int page_tokens = 256;
-  int sink_tokens = 0;    // first tokens kept in fp16
-  int window_tokens = 0;  // most recent tokens kept in fp16
+  int sink_tokens = 0;    // first tokens kept in fp16, at least (the presets may ask for more)
+  int window_tokens = 0;  // most recent tokens kept in fp16, at least (the presets may ask for more)
 };
 
 struct KvCacheReport {

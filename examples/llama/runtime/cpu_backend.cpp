@@ -15,7 +15,7 @@
 namespace kvq::llama {
 namespace {
 
-template <class Tiers>
+template <KVPreset Preset, class Tiers>
 class CpuBackend final : public Backend {
  public:
   static constexpr int head_dim = Tiers::head_dim;
@@ -23,6 +23,11 @@ class CpuBackend final : public Backend {
   CpuBackend(const LlamaModel& model, const CacheConfig& cache_config)
       : model_(model), cache_(cache_config, std::numeric_limits<std::int64_t>::max()) {
     logits_.resize(static_cast<std::size_t>(model.config.vocabulary));
+    // The preset's layers get its calibration-free parameters (codebooks, rotation seed); fp16 and int8 have none.
+    const TierParams<typename Preset::Tier> params = Preset::default_params();
+    for (int layer = 0; layer < cache_config.layers; ++layer)
+      if (cache_.storage(layer).tier == tier_of<Preset>(LayerFormat::preset))
+        cache_.template set_params<typename Preset::Tier>(layer, params.key, params.value);
   }
 
   [[nodiscard]] std::string name() const override { return "cpu (OpenBLAS, kvq host cache and host attention)"; }
@@ -38,12 +43,12 @@ class CpuBackend final : public Backend {
         return TierPageLayout<Tier>::bytes_per_quantized_token(cache_.config().page_tokens, cache_.config().kv_heads);
       });
     }
-    for (const auto& [tier, layers] : layers_per_tier) {
-      std::string_view name = "?";
-      for (const KvPreset& preset : kv_presets)
-        if (preset.tier == tier) name = preset.name;
-      report.format += fmt::format("{}{} x{}", report.format.empty() ? "" : ", ", name, layers);
-    }
+    for (const auto& [tier, layers] : layers_per_tier)
+      report.format += fmt::format("{}{} x{}", report.format.empty() ? "" : ", ",
+                                   tier == tier_of<Preset>(LayerFormat::preset) ? Preset::name
+                                   : tier == tier_of<Preset>(LayerFormat::fp16) ? "fp16"
+                                                                                 : "int8",
+                                   layers);
     report.allocated_bytes = cache_.memory().total_bytes();
     report.tokens = position();
     return report;
@@ -134,13 +139,13 @@ class CpuBackend final : public Backend {
       if (count == 1) {
         // One token: kvq's host decode attention, as is.
         decoded_.resize(query_.size());
-        decode_attention_reference<Tier>(view, TierParams<Tier>{}, cache_.rope_table(), c.rope.style, 0, query_,
-                                         c.q_heads, AttentionParams{}, decoded_);
+        decode_attention_reference<Tier>(view, cache_.template params<Tier>(layer), cache_.rope_table(), c.rope.style,
+                                         0, query_, c.q_heads, AttentionParams{}, decoded_);
         std::transform(decoded_.begin(), decoded_.end(), attention_.begin(),
                        [](double x) { return static_cast<float>(x); });
       } else {
-        prefill_attention<Tier>(view, cache_.rope_table(), c.rope.style, first, count, query_.data(), c.q_heads,
-                                attention_.data());
+        prefill_attention<Tier>(view, cache_.template params<Tier>(layer), cache_.rope_table(), c.rope.style, first,
+                                count, query_.data(), c.q_heads, attention_.data());
       }
     });
     project(w.output, attention_.data(), count, projected_.data());
@@ -170,13 +175,15 @@ std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCache
   config.max_sequences = 1;
   config.max_tokens_per_sequence = options.max_tokens;
   config.page_tokens = options.page_tokens;
-  config.sink_tokens = options.sink_tokens;
-  config.window_tokens = options.window_tokens;
-  config.key_position = KeyPosition::post_rope;
+  const KvLayout layout = kv_layout(c.layers, options.preset, options.layer_presets);
+  config.sink_tokens = std::max(options.sink_tokens, layout.settings.sink_tokens);
+  config.window_tokens = std::max(options.window_tokens, layout.settings.window_tokens);
+  config.key_position = layout.settings.key_position;
   config.rope = c.rope;
-  config.layer_tier = kv_layer_tiers(c.layers, options.preset, options.layer_presets);
-  return dispatch_kv_tiers(c.head_dim, [&]<class Tiers>() -> std::unique_ptr<Backend> {
-    return std::make_unique<CpuBackend<Tiers>>(model, config);
+  return dispatch_kv_cache(c.head_dim, options.preset, [&]<class Preset, class Tiers>() -> std::unique_ptr<Backend> {
+    CacheConfig with_tiers = config;
+    for (const LayerFormat format : layout.layers) with_tiers.layer_tier.push_back(tier_of<Preset>(format));
+    return std::make_unique<CpuBackend<Preset, Tiers>>(model, with_tiers);
   });
 }
 

@@ -1,86 +1,84 @@
-// The KV cache formats `--kv` offers, as kvq tiers. Another branch adds named presets to the library
-// (kvq/presets.hpp); until it lands, the few this example needs are defined here, and the two functions below are
-// the only things the rest of the example calls: kv_layer_tiers() (names -> tier per layer) and
-// dispatch_kv_tiers() (runtime head_dim -> the cache's compile-time LayerTiers). Swapping in the library's
-// presets means replacing this header and kv_presets.cpp.
-//
-// Every format is one Tier of a single LayerTiers list, so one cache type serves any mix of formats across
-// layers (`--kv int8 --kv-layer 0=fp16`): the per-layer choice is CacheConfig::layer_tier, a runtime map.
+// The KV cache formats `--kv` offers: kvq's named presets (kvq/cache/presets.hpp). The cache of a run holds the
+// `--kv` preset (tier 0) and fp16 and int8 for per-layer overrides (`--kv nuq4 --kv-layer 0=fp16`, the usual "first
+// and last layers at higher precision"); the per-layer choice is CacheConfig::layer_tier, a runtime map. Only
+// these: a cache flushes its fp16 window in units that suit all of its tiers, so a list of every preset would
+// make every cache flush 128 tokens at a time (nuq's per-channel key groups) and keep up to 127 tokens in fp16.
+// kv_layout() (names -> tiers and cache settings) and dispatch_kv_cache() (runtime head_dim and preset -> the
+// cache's compile-time types) are what the rest of the example calls.
 #pragma once
 
-#include <array>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
-#include "kvq/cache/layer_tiers.hpp"
-#include "kvq/core/error.hpp"
-#include "kvq/quant/fp16.hpp"
-#include "kvq/quant/uniform.hpp"
+#include "kvq/cache/presets.hpp"
 
 namespace kvq::llama {
 
-// 8-bit asymmetric codes, one fp16 scale and zero per token and head (8 + 32/head_dim bits per element).
-template <int HeadDim>
-using Int8PerToken = UniformPolicy<UniformConfig{.bits = 8, .group_size = HeadDim, .head_dim = HeadDim}>;
-
-template <int HeadDim>
-using ExampleTiers = LayerTiers<Tier<Fp16Policy<HeadDim>, Fp16Policy<HeadDim>>,       // 0: fp16
-                                Tier<Int8PerToken<HeadDim>, Int8PerToken<HeadDim>>>;  // 1: int8
-
-struct KvPreset {
-  std::string_view name;
-  int tier;  // index into ExampleTiers
-  std::string_view description;
-};
-inline constexpr std::array<KvPreset, 2> kv_presets = {{
-    {"fp16", 0, "keys and values in fp16 (the baseline)"},
-    {"int8", 1, "keys and values in 8-bit codes, fp16 scale and zero per token and head"},
-}};
-
-// head_dim values the cache is compiled for (kvq policies fix head_dim at compile time): the one list.
-using SupportedHeadDims = std::integer_sequence<int, 64, 128>;
-
-// The tier of every layer: `preset` everywhere, then each (layer, preset) override. kvq::Error(invalid_argument)
-// for an unknown name (listing the known ones) or a layer out of range.
-std::vector<int> kv_layer_tiers(int layers, std::string_view preset,
-                                const std::vector<std::pair<int, std::string>>& overrides);
-std::string kv_preset_list();  // "fp16, int8"
+// What a layer holds: the `--kv` preset, or one of the two override formats.
+enum class LayerFormat { preset, fp16, int8 };
 
 namespace detail {
-
-template <int... HeadDims>
-std::string head_dim_list(std::integer_sequence<int, HeadDims...>) {
-  std::string list;
-  ((list += (list.empty() ? "" : ", ") + std::to_string(HeadDims)), ...);
-  return list;
-}
-
-template <int First, int... Rest, class Visitor>
-decltype(auto) dispatch_head_dim(int head_dim, Visitor& visitor) {
-  if constexpr (sizeof...(Rest) == 0) {
-    return visitor.template operator()<ExampleTiers<First>>();
-  } else {
-    if (head_dim == First) return visitor.template operator()<ExampleTiers<First>>();
-    return dispatch_head_dim<Rest...>(head_dim, visitor);
-  }
-}
-
-template <int... HeadDims, class Visitor>
-decltype(auto) dispatch_head_dim(std::integer_sequence<int, HeadDims...>, int head_dim, Visitor& visitor) {
-  require(((head_dim == HeadDims) || ...), ErrorCode::invalid_argument,
-          "KV cache: head_dim " + std::to_string(head_dim) + " is not one this example is compiled for (" +
-              head_dim_list(SupportedHeadDims{}) + ")");
-  return dispatch_head_dim<HeadDims...>(head_dim, visitor);
-}
-
+template <class List, class Tier>
+struct AppendTier;
+template <class... Tiers, class Tier>
+struct AppendTier<LayerTiers<Tiers...>, Tier> {  // a cache's tiers are distinct types: append only a new one
+  using type = std::conditional_t<(std::is_same_v<Tiers, Tier> || ...), LayerTiers<Tiers...>, LayerTiers<Tiers..., Tier>>;
+};
+template <class List, class Tier>
+struct TierIndex;
+template <class... Tiers, class Tier>
+struct TierIndex<LayerTiers<Tiers...>, Tier> {
+  static constexpr int value = [] {
+    int index = 0, found = -1;
+    ((found = found < 0 && std::is_same_v<Tiers, Tier> ? index : found, ++index), ...);
+    return found;
+  }();
+};
 }  // namespace detail
 
-// Calls visitor.template operator()<ExampleTiers<D>>() for head_dim == D, D one of SupportedHeadDims.
+template <KVPreset Preset>
+using ExampleTiers = typename detail::AppendTier<
+    typename detail::AppendTier<LayerTiers<typename Preset::Tier>,
+                                typename presets::Fp16<Preset::Tier::KeyPolicy::head_dim>::Tier>::type,
+    typename presets::Int8<Preset::Tier::KeyPolicy::head_dim>::Tier>::type;
+
+// The tier of a layer format in ExampleTiers<Preset> (the preset is tier 0; fp16 or int8 as the preset is that tier).
+template <KVPreset Preset>
+constexpr int tier_of(LayerFormat format) {
+  using Tiers = ExampleTiers<Preset>;
+  constexpr int d = Preset::Tier::KeyPolicy::head_dim;
+  switch (format) {
+    case LayerFormat::preset: return 0;
+    case LayerFormat::fp16: return detail::TierIndex<Tiers, typename presets::Fp16<d>::Tier>::value;
+    case LayerFormat::int8: return detail::TierIndex<Tiers, typename presets::Int8<d>::Tier>::value;
+  }
+  return -1;
+}
+
+// The format of every layer and the cache-level settings, which are the `--kv` preset's (sinks, window, keys
+// before or after RoPE; they apply to the override layers too, which is harmless for fp16 and int8).
+struct KvLayout {
+  std::vector<LayerFormat> layers;
+  PresetSettings settings;
+};
+
+// `preset` for every layer, then each (layer, override) with override "fp16", "int8" or the preset itself.
+// kvq::Error(invalid_argument) for an unknown preset (listing the known ones), another override, or a layer out of
+// range.
+KvLayout kv_layout(int layers, std::string_view preset, const std::vector<std::pair<int, std::string>>& overrides);
+
+std::string kv_preset_list();  // "fp16, int8, fp8-e4m3, ..."
+
+// Calls visitor.template operator()<Preset, ExampleTiers<Preset>>() for the built-in preset called `preset` at
+// `head_dim` (kvq::visit_preset: an unknown name or head_dim is a kvq::Error listing what exists).
 template <class Visitor>
-decltype(auto) dispatch_kv_tiers(int head_dim, Visitor&& visitor) {
-  return detail::dispatch_head_dim(SupportedHeadDims{}, head_dim, visitor);
+decltype(auto) dispatch_kv_cache(int head_dim, std::string_view preset, Visitor&& visitor) {
+  return visit_preset(preset, head_dim, [&]<class Preset>() -> decltype(auto) {
+    return visitor.template operator()<Preset, ExampleTiers<Preset>>();
+  });
 }
 
 }  // namespace kvq::llama

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "kvq/cache/cache_state.hpp"
@@ -21,13 +20,10 @@ namespace kvq::llama {
 // Queries at positions [first, first + count) of sequence 0; out[i] attends to tokens [0, first + i].
 // query/out: [count][q_heads][head_dim] floats.
 template <class Tier>
-void prefill_attention(const CacheLayerView& view, const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style,
-                       std::int64_t first, std::int64_t count, const float* query, int q_heads, float* out) {
+void prefill_attention(const CacheLayerView& view, const TierParams<Tier>& params,
+                       const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style, std::int64_t first,
+                       std::int64_t count, const float* query, int q_heads, float* out) {
   constexpr int d = Tier::KeyPolicy::head_dim;
-  static_assert(
-      std::is_empty_v<typename Tier::KeyPolicy::Params> && std::is_empty_v<typename Tier::ValuePolicy::Params>,
-      "kvq: the CPU backend passes default policy parameters; give it the cache's for policies that have some");
-  const TierParams<Tier> params{};
   const std::int64_t length = first + count;
   require(view.lengths[0] >= length, ErrorCode::invalid_argument,
           "prefill attention: the cache does not hold the chunk yet");

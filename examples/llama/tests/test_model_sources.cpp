@@ -135,7 +135,9 @@ TEST_CASE("chunked prefill gives the logits of token-by-token decoding, and the 
   TempDir dir;
   write_file(dir / "tiny.gguf", tiny_gguf(make_tiny_model(10)).bytes());
   const LlamaModel model = load_model(dir / "tiny.gguf");
-  for (const std::string preset : {"fp16", "int8"}) {
+  // Presets that quantize every token as it comes (flush unit 1, no window), so both orders store the same bytes:
+  // plain codes, fp8, and rotated codes (their rotation parameters come from the preset).
+  for (const std::string preset : {"fp16", "int8", "fp8-e4m3", "q4_0", "rot4"}) {
     CAPTURE(preset);
     auto stepwise = make_cpu_backend(model, small_cache(preset));
     const auto expected = logits_per_token(*stepwise, tiny_prompt);
@@ -179,15 +181,37 @@ TEST_CASE("a failed step leaves the cache as it was and the backend usable") {
   CHECK_THROWS_WITH_AS(backend->forward(long_prompt), doctest::Contains("exceed the cache's 64"), kvq::Error);
 }
 
-TEST_CASE("KV presets: per-layer tiers, errors list the known formats") {
-  CHECK(kv_layer_tiers(4, "int8", {{0, "fp16"}, {3, "fp16"}}) == std::vector<int>{0, 1, 1, 0});
-  CHECK_THROWS_WITH_AS(kv_layer_tiers(4, "int3", {}),
-                       doctest::Contains("unknown KV format \"int3\" (known: fp16, int8)"), kvq::Error);
-  CHECK_THROWS_WITH_AS(kv_layer_tiers(4, "fp16", {{4, "int8"}}), doctest::Contains("layer 4 is outside [0, 4)"),
+TEST_CASE("KV presets: per-layer tiers, cache settings, errors list the known presets") {
+  using enum LayerFormat;
+  const KvLayout mixed = kv_layout(4, "q4_0", {{0, "fp16"}, {3, "int8"}, {2, "q4_0"}});
+  CHECK(mixed.layers == std::vector<LayerFormat>{fp16, preset, preset, int8});
+  CHECK(mixed.settings.window_tokens == 0);
+  CHECK(mixed.settings.sink_tokens == 0);
+  // The preset's settings are the cache's: kivi-2's 128-token window, nuq4's sink and pre-RoPE keys.
+  CHECK(kv_layout(3, "kivi-2", {{1, "fp16"}}).settings.window_tokens == 128);
+  const KvLayout nuq = kv_layout(2, "nuq4", {});
+  CHECK(nuq.layers == std::vector<LayerFormat>{preset, preset});
+  CHECK(nuq.settings.sink_tokens == 1);
+  CHECK(nuq.settings.key_position == kvq::KeyPosition::pre_rope);
+  CHECK_THROWS_WITH_AS(kv_layout(2, "nuq4", {{0, "kivi-2"}}),
+                       doctest::Contains("an override is fp16, int8 or the --kv preset (\"nuq4\")"), kvq::Error);
+  CHECK_THROWS_WITH_AS(kv_layout(4, "int3", {}),
+                       doctest::Contains("unknown KV preset \"int3\"; known presets: fp16, int8, fp8-e4m3"), kvq::Error);
+  CHECK_THROWS_WITH_AS(kv_layout(4, "fp16", {{4, "int8"}}), doctest::Contains("layer 4 is outside [0, 4)"),
                        kvq::Error);
-  CHECK_THROWS_WITH_AS(dispatch_kv_tiers(96, []<class Tiers>() { return Tiers::head_dim; }),
-                       doctest::Contains("head_dim 96 is not one this example is compiled for (64, 128)"), kvq::Error);
-  CHECK(dispatch_kv_tiers(128, []<class Tiers>() { return Tiers::head_dim; }) == 128);
+  const auto head_dim_of = []<class Preset, class Tiers>() { return Tiers::head_dim; };
+  CHECK_THROWS_WITH_AS(dispatch_kv_cache(96, "fp16", head_dim_of),
+                       doctest::Contains("no instance for head_dim 96; they are built for head_dim 64, 128"), kvq::Error);
+  CHECK(dispatch_kv_cache(128, "nuq3", head_dim_of) == 128);
+  // Tiers: the preset, then fp16 and int8 unless the preset is one of them (a cache's tiers are distinct types).
+  CHECK(dispatch_kv_cache(64, "q4_0", []<class Preset, class Tiers>() { return Tiers::count; }) == 3);
+  CHECK(dispatch_kv_cache(64, "int8", []<class Preset, class Tiers>() {
+          return Tiers::count == 2 && tier_of<Preset>(int8) == 0 && tier_of<Preset>(fp16) == 1;
+        }));
+  CHECK(dispatch_kv_cache(64, "fp16", []<class Preset, class Tiers>() { return tier_of<Preset>(fp16); }) == 0);
+  // The cache's flush unit is the preset's, not the largest of all presets: int8 flushes every token.
+  CHECK(dispatch_kv_cache(64, "int8", []<class Preset, class Tiers>() { return Tiers::flush_tokens; }) == 1);
+  CHECK(dispatch_kv_cache(64, "kivi-2", []<class Preset, class Tiers>() { return Tiers::flush_tokens; }) == 32);
 
   TempDir dir;
   write_file(dir / "tiny.gguf", tiny_gguf(make_tiny_model(12)).bytes());
@@ -198,7 +222,7 @@ TEST_CASE("KV presets: per-layer tiers, errors list the known formats") {
   const TokenId token = 104;
   static_cast<void>(backend->forward({&token, 1}));
   const KvCacheReport report = backend->kv_cache();
-  CHECK(report.format == "fp16 x1, int8 x1");
+  CHECK(report.format == "int8 x1, fp16 x1");  // tier order: the --kv preset, then fp16
   // One KV head of 64 per layer: fp16 = 2 * 64 * 2 bytes; int8 = 2 * (64 codes + fp16 scale and zero) bytes.
   CHECK(report.bytes_per_token == doctest::Approx(256 + 2 * (64 + 4)));
   CHECK(report.tokens == 1);

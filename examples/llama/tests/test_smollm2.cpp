@@ -123,8 +123,9 @@ TEST_SUITE("smollm2") {
     CHECK(smollm2().tokenizer.decode(std::vector<TokenId>{7042}) == " Paris");
   }
 
-  TEST_CASE("greedy continuation of \"The capital of France is\" names Paris, with fp16 and int8 KV") {
-    for (const std::string preset : {"fp16", "int8"}) {
+  TEST_CASE("greedy continuation of \"The capital of France is\" names Paris, with fp16, int8, q4_0 and rot4 KV") {
+    // q4_0 and rot4 quantize every token as it is written (no window), so this short prompt does use 4-bit keys.
+    for (const std::string preset : {"fp16", "int8", "q4_0", "rot4"}) {
       CAPTURE(preset);
       const std::string text = greedy("The capital of France is", preset, 6);
       MESSAGE(preset, " KV: \"The capital of France is", text, "\"");

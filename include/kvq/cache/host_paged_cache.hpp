@@ -72,6 +72,10 @@ class HostPagedKVCache {
   void set_params(int layer, const typename Tier::KeyPolicy::Params& key, const typename Tier::ValuePolicy::Params& value) {
     state_.template set_params<Tier>(layer, key, value);
   }
+  template <class Tier>
+  [[nodiscard]] const TierParams<Tier>& params(int layer) const {
+    return state_.template params<Tier>(layer);
+  }
 
   AppendPlan reserve(std::span<const int> sequences, std::span<const std::int64_t> counts) {
     return state_.reserve(sequences, counts);

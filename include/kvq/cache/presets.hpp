@@ -205,6 +205,13 @@ struct PresetList {
     return std::find(names.begin(), names.end(), name) != names.end();
   }
 
+  // Place of the preset called `name` in the list: its tier in PresetListTiers. kvq::Error for an unknown name.
+  [[nodiscard]] static int index_of(std::string_view name) {
+    require(contains(name), ErrorCode::invalid_argument,
+            "unknown KV preset \"" + std::string(name) + "\"; known presets: " + joined_names());
+    return static_cast<int>(std::find(names.begin(), names.end(), name) - names.begin());
+  }
+
   // Calls visitor.template operator()<Preset>() for the preset called `name`.
   template <class Visitor>
   static decltype(auto) visit(std::string_view name, Visitor&& visitor) {
@@ -230,6 +237,17 @@ struct PresetList {
     }
   }
 };
+
+// The cache type list whose tier i is preset i of a PresetList: one cache that can give each layer any of them
+// (CacheConfig::layer_tier = PresetList::index_of(name)).
+template <class List>
+struct PresetListTiersOf;
+template <KVPreset... Presets>
+struct PresetListTiersOf<PresetList<Presets...>> {
+  using type = LayerTiers<typename Presets::Tier...>;
+};
+template <class List>
+using PresetListTiers = typename PresetListTiersOf<List>::type;
 
 // Every built-in preset, in the order tools list them.
 template <int HeadDim>
@@ -275,16 +293,23 @@ decltype(auto) visit_head_dim(int head_dim, std::integer_sequence<int, HeadDims.
 // The names of the built-in presets (the same for every head_dim).
 inline constexpr auto preset_names = BuiltinPresets<128>::names;
 
+// The runtime -> compile-time step for head_dim: calls visitor.template operator()<HeadDim>() for `head_dim`, one
+// of PresetHeadDims; any other is a kvq::Error listing them.
+template <class Visitor>
+decltype(auto) visit_preset_head_dim(int head_dim, Visitor&& visitor) {
+  require(detail::is_preset_head_dim(head_dim, PresetHeadDims{}), ErrorCode::invalid_argument,
+          "KV presets have no instance for head_dim " + std::to_string(head_dim) + "; they are built for head_dim " +
+              detail::joined_head_dims(PresetHeadDims{}));
+  return detail::visit_head_dim(head_dim, PresetHeadDims{}, std::forward<Visitor>(visitor));
+}
+
 // THE runtime -> compile-time step for presets: calls visitor.template operator()<Preset>() for the built-in
 // preset called `name` at `head_dim`. Unknown names and head_dims are a kvq::Error listing what exists.
 template <class Visitor>
 decltype(auto) visit_preset(std::string_view name, int head_dim, Visitor&& visitor) {
   require(BuiltinPresets<128>::contains(name), ErrorCode::invalid_argument,
           "unknown KV preset \"" + std::string(name) + "\"; known presets: " + BuiltinPresets<128>::joined_names());
-  require(detail::is_preset_head_dim(head_dim, PresetHeadDims{}), ErrorCode::invalid_argument,
-          "KV preset \"" + std::string(name) + "\" has no instance for head_dim " + std::to_string(head_dim) +
-              "; presets are built for head_dim " + detail::joined_head_dims(PresetHeadDims{}));
-  return detail::visit_head_dim(head_dim, PresetHeadDims{}, [&]<int HeadDim>() -> decltype(auto) {
+  return visit_preset_head_dim(head_dim, [&]<int HeadDim>() -> decltype(auto) {
     return BuiltinPresets<HeadDim>::visit(name, visitor);
   });
 }

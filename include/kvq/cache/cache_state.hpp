@@ -33,6 +33,22 @@ struct CacheMemory {
   [[nodiscard]] std::int64_t total_bytes() const { return pool_bytes + sink_bytes + window_bytes + bookkeeping_bytes; }
 };
 
+// The plan of one sequence's append as the device cache's kernels read it (kvq::cuda::PagedKVCache keeps one per
+// sequence slot in device memory). Here, not in the device header, so that host code that sizes a device cache
+// (the memory planner) counts the same bytes.
+struct DeviceAppendEntry {
+  int sequence;
+  std::int64_t old_length, count, old_quantized, new_quantized, input_offset;
+  std::int64_t first_unit;  // index of this entry's first flushed unit among all the plan's units
+};
+
+// Device memory a device cache holds besides its storage: the int32 page-table rows, the int64 lengths and
+// quantized counts (for views) and the plan buffer, for every sequence slot.
+[[nodiscard]] inline std::int64_t device_cache_bookkeeping_bytes(const CacheConfig& config) {
+  return std::int64_t{config.max_sequences} * max_pages_per_sequence(config) * 4 +
+         std::int64_t{config.max_sequences} * (8 + 8 + static_cast<std::int64_t>(sizeof(DeviceAppendEntry)));
+}
+
 // A layer's key and value policy parameters.
 template <class Tier>
 struct TierParams {

@@ -46,4 +46,14 @@ struct TierPageLayout {
   }
 };
 
+// KV bytes one token of one KV head costs in a tier's policy records (codes and metadata of keys and values, no
+// page padding): the per-token cost plan_decode weighs splits by.
+template <class Tier>
+constexpr double kv_bytes_per_token_head() {
+  using K = typename Tier::KeyPolicy;
+  using V = typename Tier::ValuePolicy;
+  return static_cast<double>(K::code_bytes_per_block + K::meta_bytes_per_block) / K::tokens_per_block +
+         static_cast<double>(V::code_bytes_per_block + V::meta_bytes_per_block) / V::tokens_per_block;
+}
+
 }  // namespace kvq

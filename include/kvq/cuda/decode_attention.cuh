@@ -279,14 +279,7 @@ bool takes_tensor_core_kernel(const CacheLayerView& view, DecodeKernel kernel) {
 }
 }  // namespace detail
 
-// KV bytes one token of one KV head costs in a tier's pages (codes and metadata of keys and values).
-template <class Tier>
-constexpr double kv_bytes_per_token_head() {
-  using K = typename Tier::KeyPolicy;
-  using V = typename Tier::ValuePolicy;
-  return static_cast<double>(K::code_bytes_per_block + K::meta_bytes_per_block) / K::tokens_per_block +
-         static_cast<double>(V::code_bytes_per_block + V::meta_bytes_per_block) / V::tokens_per_block;
-}
+using kvq::kv_bytes_per_token_head;  // page_layout.hpp: what plan_decode is given
 
 inline int device_sm_count() {
   int device = 0, count = 0;

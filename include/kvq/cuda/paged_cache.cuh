@@ -32,12 +32,7 @@ namespace kvq::cuda {
 
 namespace detail {
 
-// The plan of one sequence as the kernels read it.
-struct DeviceAppendEntry {
-  int sequence;
-  std::int64_t old_length, count, old_quantized, new_quantized, input_offset;
-  std::int64_t first_unit;  // index of this entry's first flushed unit among all the plan's units
-};
+using kvq::DeviceAppendEntry;  // the plan of one sequence as the kernels read it (cache_state.hpp)
 
 // One channel of apply_rope(): the same rounded cosine and sine and the same float operations, so an element
 // computed alone equals the element of the whole-vector rotation.
@@ -224,8 +219,7 @@ class PagedKVCache {
   // page-table rows, lengths and quantized counts (for views) and the plan buffer.
   static CacheMemory required_memory(const CacheConfig& config) {
     CacheMemory memory = CacheState<Tiers>::storage_memory(config);
-    memory.bookkeeping_bytes = std::int64_t{config.max_sequences} * max_pages_per_sequence(config) * 4 +
-                               std::int64_t{config.max_sequences} * (8 + 8 + sizeof(detail::DeviceAppendEntry));
+    memory.bookkeeping_bytes = device_cache_bookkeeping_bytes(config);
     return memory;
   }
 

@@ -198,15 +198,12 @@ KVCacheBytes kv_cache_bytes(const PlanRequest& r) {
   base.page_tokens = r.assumptions.page_tokens;
   kv.config = P::settings.applied_to(base);
   kv.storage = CacheState<PresetTiers<P>>::storage_memory(kv.config);
-  // As kvq::cuda::PagedKVCache::required_memory counts them: int32 page-table rows, int64 lengths and quantized
-  // counts, and one 56-byte plan entry (sizeof(cuda::detail::DeviceAppendEntry)) per sequence.
-  kv.bookkeeping = std::int64_t{r.batch} * max_pages_per_sequence(kv.config) * 4 + std::int64_t{r.batch} * (8 + 8 + 56);
+  // As kvq::cuda::PagedKVCache::required_memory counts them (the same function).
+  kv.bookkeeping = device_cache_bookkeeping_bytes(kv.config);
   const std::int64_t page_token_slots = std::int64_t{kv.storage.pool_pages} * kv.config.page_tokens;
   kv.outliers = std::int64_t{r.model.layers} * page_token_slots * r.model.kv_heads *
                 (outlier_bytes_per_row<Key>() + outlier_bytes_per_row<Value>());
-  // The same per-token cost as kvq::cuda::kv_bytes_per_token_head (a device header), which plan_decode is given.
-  kv.bytes_per_token_head = static_cast<double>(Key::code_bytes_per_block + Key::meta_bytes_per_block) / Key::tokens_per_block +
-                            static_cast<double>(Value::code_bytes_per_block + Value::meta_bytes_per_block) / Value::tokens_per_block;
+  kv.bytes_per_token_head = kv_bytes_per_token_head<typename P::Tier>();  // what plan_decode is given
   return kv;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "kvq/attention/decode_plan.hpp"
+#include "kvq/attention/prefill_shape.hpp"
 #include "kvq/cache/cache_config.hpp"
 #include "kvq/cache/host_paged_cache.hpp"
 #include "kvq/cache/layer_tiers.hpp"
@@ -17,6 +18,7 @@
 #include "kvq/core/rope.hpp"
 #include "kvq/core/scale_storage.hpp"
 #include "kvq/host/decode_attention.hpp"
+#include "kvq/host/prefill_attention.hpp"
 #include "kvq/host/quantize_tensor.hpp"
 #include "kvq/planner/memory_plan.hpp"
 #include "kvq/planner/model_presets.hpp"

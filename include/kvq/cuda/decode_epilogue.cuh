@@ -14,6 +14,7 @@
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/core/element.hpp"
 #include "kvq/core/rope.hpp"
+#include "kvq/cuda/mma_fragments.cuh"
 #include "kvq/cuda/paged_cache.cuh"
 #include "kvq/quant/rotation.hpp"
 
@@ -35,8 +36,6 @@ struct DecodeArgs {
   float* lse;
   unsigned* counters;
 };
-
-inline constexpr float log2_e = 1.4426950408889634f;
 
 // Block epilogue, called by all threads of the block after each warp w stored its state for every head h of the
 // block in merge_max[w][h] (running max, log2 domain), merge_sum[w][h] (sum of exponentials) and merge_acc[w][h]

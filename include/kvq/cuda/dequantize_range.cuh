@@ -53,8 +53,6 @@ __global__ void __launch_bounds__(128) dequantize_range_kernel(const RangeArgs<T
   using V = typename Tier::ValuePolicy;
   constexpr int D = K::head_dim, N = 16, L = D / N, slots = 32 / L;
   static_assert(D % N == 0 && L >= 2 && L <= 32, "kvq: dequantize_range supports head_dim 32 to 512");
-  static_assert(!K::rotated || is_rotated_policy<K>, "kvq: dequantize_range rotates only RotatedPolicy keys");
-  static_assert(!V::rotated || is_rotated_policy<V>, "kvq: dequantize_range rotates only RotatedPolicy values");
   const CacheLayerView& v = a.view;
   const int lane = threadIdx.x % 32, lane_in_token = lane % L, slot = lane / L, first_channel = lane_in_token * N;
   const std::int64_t items = a.count * v.kv_heads;
@@ -68,41 +66,7 @@ __global__ void __launch_bounds__(128) dequantize_range_kernel(const RangeArgs<T
     const std::int64_t token = a.begin + (live ? item / v.kv_heads : 0);
     const int head = static_cast<int>(live ? item % v.kv_heads : 0);
     float key[N], value[N];
-    const TokenSegment segment = token_segment(v, quantized, token);
-    if (segment == TokenSegment::quantized) {
-      const auto ref = quantized_token<Tier>(v, a.sequence, token - v.sink_tokens, head);
-      LaneDecoder<K, N>::decode(ref.key, ref.key_row, first_channel, key, a.params.key);
-      LaneDecoder<V, N>::decode(ref.value, ref.value_row, first_channel, value, a.params.value);
-    } else {
-      const bool sink = segment == TokenSegment::sink;
-      const std::int64_t offset = (sink ? sink_row_offset(v, a.sequence, token, head)
-                                        : window_row_offset(v, a.sequence, window_slot(v, token), head)) + first_channel;
-      load_f16_lanes<N>((sink ? v.sink_keys : v.window_keys) + offset, key);
-      load_f16_lanes<N>((sink ? v.sink_values : v.window_values) + offset, value);
-    }
-    const bool from_pages = live && segment == TokenSegment::quantized;
-    if constexpr (K::rotated) {
-      if (__any_sync(0xFFFFFFFFu, from_pages)) {
-        float rotated_back[N];
-#pragma unroll
-        for (int c = 0; c < N; ++c) rotated_back[c] = key[c];
-        rotate_lanes<D, N, L>(rotated_back, lane_in_token, a.params.key.seed, true);
-        if (from_pages)
-#pragma unroll
-          for (int c = 0; c < N; ++c) key[c] = rotated_back[c];
-      }
-    }
-    if constexpr (V::rotated) {
-      if (__any_sync(0xFFFFFFFFu, from_pages)) {
-        float rotated_back[N];
-#pragma unroll
-        for (int c = 0; c < N; ++c) rotated_back[c] = value[c];
-        rotate_lanes<D, N, L>(rotated_back, lane_in_token, a.params.value.seed, true);
-        if (from_pages)
-#pragma unroll
-          for (int c = 0; c < N; ++c) value[c] = rotated_back[c];
-      }
-    }
+    read_cached_token_lanes<Tier, N, L>(v, a.params, a.sequence, quantized, token, head, lane_in_token, true, key, value);
     if (a.rope_keys) rope_lanes<D, N, L>(key, lane_in_token, token, a.rope, a.style);
     if (live) {
       const std::int64_t out = item * D + first_channel;

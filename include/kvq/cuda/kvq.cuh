@@ -5,5 +5,6 @@
 #include "kvq/cuda/dequantize_range.cuh"
 #include "kvq/cuda/error.cuh"
 #include "kvq/cuda/paged_cache.cuh"
+#include "kvq/cuda/prefill_attention.cuh"
 #include "kvq/cuda/quantize_tensor.cuh"
 #include "kvq/kvq.hpp"

@@ -8,6 +8,9 @@
 
 #include <cstdint>
 
+#include "kvq/cache/cache_state.hpp"
+#include "kvq/cache/layer_view.hpp"
+#include "kvq/cache/token_address.hpp"
 #include "kvq/core/float16.hpp"
 #include "kvq/core/float_ops.hpp"
 #include "kvq/core/rope.hpp"
@@ -150,6 +153,63 @@ __device__ __forceinline__ void rope_lanes(float (&x)[N], int lane_in_token, std
 #pragma unroll
   for (int c = 0; c < N; ++c)
     x[c] = rope_channel<HeadDim>(x[c], partner[c], lane_in_token * N + c, position, rope, style);
+}
+
+// Channels [lane_in_token * N, + N) of the key and value of `token` (head `head`) as the cache stores them: a sink or
+// window row, or a page row dequantized by the policy; rotated policies rotated back to the original domain; no
+// RoPE. `quantized` is the sequence's count of tokens in pages. Called by all 32 lanes (the inverse rotation
+// shuffles among the lanes of a token); lanes with `read` false take part in the shuffles and leave key and value
+// as they were. Every lane must name a token the cache holds, read or not, so that its addresses are valid.
+template <class Tier, int N, int Lanes>
+__device__ __forceinline__ void read_cached_token_lanes(const CacheLayerView& v, const TierParams<Tier>& params,
+                                                        int sequence, std::int64_t quantized, std::int64_t token,
+                                                        int head, int lane_in_token, bool read, float (&key)[N],
+                                                        float (&value)[N]) {
+  using K = typename Tier::KeyPolicy;
+  using V = typename Tier::ValuePolicy;
+  constexpr int D = K::head_dim;
+  static_assert(!K::rotated || is_rotated_policy<K>, "kvq: attention rotates only RotatedPolicy keys");
+  static_assert(!V::rotated || is_rotated_policy<V>, "kvq: attention rotates only RotatedPolicy values");
+  const int first_channel = lane_in_token * N;
+  const TokenSegment segment = token_segment(v, quantized, token);
+  float k[N], x[N];
+  if (segment == TokenSegment::quantized) {
+    const auto ref = quantized_token<Tier>(v, sequence, token - v.sink_tokens, head);
+    LaneDecoder<K, N>::decode(ref.key, ref.key_row, first_channel, k, params.key);
+    LaneDecoder<V, N>::decode(ref.value, ref.value_row, first_channel, x, params.value);
+  } else {
+    const bool sink = segment == TokenSegment::sink;
+    const std::int64_t offset = (sink ? sink_row_offset(v, sequence, token, head)
+                                      : window_row_offset(v, sequence, window_slot(v, token), head)) + first_channel;
+    load_f16_lanes<N>((sink ? v.sink_keys : v.window_keys) + offset, k);
+    load_f16_lanes<N>((sink ? v.sink_values : v.window_values) + offset, x);
+  }
+  const bool from_pages = read && segment == TokenSegment::quantized;
+  if constexpr (K::rotated) {
+    float back[N];
+#pragma unroll
+    for (int c = 0; c < N; ++c) back[c] = k[c];
+    if (__any_sync(0xFFFFFFFFu, from_pages)) rotate_lanes<D, N, Lanes>(back, lane_in_token, params.key.seed, true);
+    if (from_pages)
+#pragma unroll
+      for (int c = 0; c < N; ++c) k[c] = back[c];
+  }
+  if constexpr (V::rotated) {
+    float back[N];
+#pragma unroll
+    for (int c = 0; c < N; ++c) back[c] = x[c];
+    if (__any_sync(0xFFFFFFFFu, from_pages)) rotate_lanes<D, N, Lanes>(back, lane_in_token, params.value.seed, true);
+    if (from_pages)
+#pragma unroll
+      for (int c = 0; c < N; ++c) x[c] = back[c];
+  }
+  if (read) {
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+      key[c] = k[c];
+      value[c] = x[c];
+    }
+  }
 }
 
 }  // namespace kvq::cuda::detail

@@ -45,6 +45,8 @@ __device__ __forceinline__ std::uint32_t transpose_8x8(std::uint32_t x) {
   return y;
 }
 
+inline constexpr float log2_e = 1.4426950408889634f;  // e^x = 2^(x log2 e)
+
 // 2^x in one MUFU.EX2 (relative error ~2^-22; results below 2^-126 flush to 0, -inf gives 0): exp2f adds a
 // range check and two multiplies around it to keep denormal results, which softmax weights do not need.
 __device__ __forceinline__ float exp2_approx(float x) {
@@ -118,6 +120,21 @@ __device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.c
 template <int Pending>
 __device__ __forceinline__ void wait_async_copies() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+// ldmatrix: four 8x8 fp16 matrices from shared memory; lanes 8i..8i+7 give the row addresses (16-byte aligned) of
+// matrix i, and lane (g, t) receives (row g, cols 2t, 2t+1) of matrix i in r[i] (`_trans`: of its transpose).
+__device__ __forceinline__ void load_matrices_x4(std::uint32_t (&r)[4], const void* shared_row) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+__device__ __forceinline__ void load_matrices_x4_trans(std::uint32_t (&r)[4], const void* shared_row) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
 }
 
 }  // namespace kvq::cuda::detail

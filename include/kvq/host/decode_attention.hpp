@@ -57,6 +57,29 @@ void read_attention_token(const CacheLayerView& v, const TierParams<Tier>& param
   if (v.key_position == KeyPosition::pre_rope) apply_rope<d>(key, token, rope, style);
 }
 
+// One query head over `count` tokens (keys, values: [count][d] floats), in double: softmax(scale q.k, capped) . v.
+// `logits` is scratch of `count` doubles; out[d] is overwritten. Shared by the decode and prefill references.
+inline void attend_reference(const float* q, const float* keys, const float* values, std::int64_t count, int d,
+                             double scale, float soft_cap, double* logits, double* out) {
+  double top = -INFINITY;
+  for (std::int64_t t = 0; t < count; ++t) {
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * keys[t * d + c];
+    double logit = dot * scale;
+    if (soft_cap > 0) logit = soft_cap * std::tanh(logit / soft_cap);
+    logits[t] = logit;
+    top = std::max(top, logit);
+  }
+  std::fill(out, out + d, 0.0);
+  double sum = 0;
+  for (std::int64_t t = 0; t < count; ++t) {
+    const double p = std::exp(logits[t] - top);
+    sum += p;
+    for (int c = 0; c < d; ++c) out[c] += p * values[t * d + c];
+  }
+  for (int c = 0; c < d; ++c) out[c] /= sum;
+}
+
 // out[h][c] for the q_heads query heads of one sequence (query: [q_heads][head_dim] floats). A sequence without
 // tokens gives zeros (the device kernel does the same).
 template <class Tier>
@@ -85,24 +108,8 @@ void decode_attention_reference(const CacheLayerView& v, const TierParams<Tier>&
                                  keys.data() + t * d, values.data() + t * d);
     for (int g = 0; g < group; ++g) {
       const int h = kv * group + g;
-      const float* q = query.data() + static_cast<std::size_t>(h) * d;
-      double top = -INFINITY;
-      for (std::int64_t t = 0; t < length; ++t) {
-        double dot = 0;
-        for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * keys[static_cast<std::size_t>(t * d + c)];
-        double logit = dot * scale;
-        if (attention.soft_cap > 0) logit = attention.soft_cap * std::tanh(logit / attention.soft_cap);
-        logits[static_cast<std::size_t>(t)] = logit;
-        top = std::max(top, logit);
-      }
-      double sum = 0;
-      double* o = out.data() + static_cast<std::size_t>(h) * d;
-      for (std::int64_t t = 0; t < length; ++t) {
-        const double p = std::exp(logits[static_cast<std::size_t>(t)] - top);
-        sum += p;
-        for (int c = 0; c < d; ++c) o[c] += p * values[static_cast<std::size_t>(t * d + c)];
-      }
-      for (int c = 0; c < d; ++c) o[c] /= sum;
+      attend_reference(query.data() + static_cast<std::size_t>(h) * d, keys.data(), values.data(), length, d, scale,
+                       attention.soft_cap, logits.data(), out.data() + static_cast<std::size_t>(h) * d);
     }
   }
 }

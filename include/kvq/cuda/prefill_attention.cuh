@@ -16,8 +16,9 @@
 //           RoPE at read for pre-RoPE caches) into fp16 shared memory; then each warp computes its 16 x 64 scores
 //           with mma.sync m16n8k16 (Q fragments in registers, K by ldmatrix), an online softmax in fp32 (log2
 //           domain), and P . V with P taken straight from the score registers and V by ldmatrix.trans.
-//   Two tile buffers: the threads read tile i+1 while the warps compute tile i, one barrier per tile. The block
-//   is large (8 warps, one per SM at ~250 registers) so that each thread reads few tokens per tile.
+//   Two tile buffers and two warp groups in opposite order (one reads its half of tile i+1, then computes tile
+//   i; the other computes, then reads), so one group's memory latency overlaps the other's mmas; one barrier
+//   per tile. The block is large (8 warps, one per SM at ~250 registers) so that each thread reads few tokens.
 //   No workspace: the memory a call needs does not depend on the context length.
 // Precision: a dequantized key is not an fp16 number, and rounding it to one moves a logit by ~2^-11 of |q||k|,
 // which with outlier channels (logits of tens) is a 1e-2 error in the output. So keys enter the score product
@@ -61,12 +62,13 @@ struct PrefillGeometry {
   static constexpr int stride = HeadDim + 8;    // fp16 per shared row: 16-byte aligned rows, conflict-free ldmatrix
   static constexpr int channels_per_lane = 16;  // the tile reader: a token spread over HeadDim / 16 lanes
   static constexpr int lanes_per_token = HeadDim / channels_per_lane;
-  static constexpr int tokens_per_pass = threads / lanes_per_token;
+  static constexpr int group_threads = threads / 2;  // two warp groups, each reading half of every tile
+  static constexpr int tokens_per_pass = group_threads / lanes_per_token;
   static constexpr int tile_elements = tile_tokens * stride;
   static constexpr int buffer_elements = (SplitKeys ? 3 /*keys hi, lo, values*/ : 2) * tile_elements;
   static constexpr int shared_bytes = 2 /*buffers*/ * buffer_elements * 2;
   static_assert(HeadDim == 64 || HeadDim == 128, "kvq: prefill attention supports head_dim 64 and 128");
-  static_assert(tile_tokens % tokens_per_pass == 0);
+  static_assert((tile_tokens / 2) % tokens_per_pass == 0);
 };
 
 template <class Tier, class Query, class Out>
@@ -128,47 +130,57 @@ __device__ __forceinline__ void store_split_f16(uint4* hi, uint4* lo, const floa
   }
 }
 
-// Tokens [tile0, tile0 + tile_tokens) of KV head `kv` as attention sees them, into fp16 rows of shared memory
-// (keys as hi and, with SplitKeys, lo terms); tokens at or past `end` become zeros. Called by every thread.
+// Half `half` of the tokens [tile0, tile0 + tile_tokens) of KV head `kv` as attention sees them, into fp16 rows
+// of shared memory (keys as hi and, with SplitKeys, lo terms); tokens at or past `end` become zeros. Called by
+// every thread of one warp group (`thread` is its index in the group).
 template <class Tier, bool SplitKeys, class Query, class Out>
 __device__ __forceinline__ void read_prefill_tile(const PrefillArgs<Tier, Query, Out>& a, int slot, int kv,
                                                   std::int64_t quantized, std::int64_t past, int chunk_begin,
-                                                  std::int64_t tile0, std::int64_t end, f16* keys, f16* keys_lo,
-                                                  f16* values) {
+                                                  std::int64_t tile0, int half, int thread, std::int64_t end,
+                                                  f16* keys, f16* keys_lo, f16* values) {
   constexpr int D = Tier::KeyPolicy::head_dim;
   using G = PrefillGeometry<D, SplitKeys>;
   constexpr int N = G::channels_per_lane, L = G::lanes_per_token;
   const CacheLayerView& v = a.view;
-  const int lane_in_token = static_cast<int>(threadIdx.x) % L, token_slot = static_cast<int>(threadIdx.x) / L;
+  const int lane_in_token = thread % L, token_slot = half * (G::tile_tokens / 2) + thread / L;
   const bool exact_chunk = a.chunk_keys != nullptr;
-#pragma unroll 1
-  for (int pass = 0; pass < G::tile_tokens; pass += G::tokens_per_pass) {
-    const int row = pass + token_slot;
-    const std::int64_t token = tile0 + row;
+  // Every pass's tokens are read before any is stored, so the loads of all passes are in flight together: the
+  // tile then costs one memory latency, not one per pass.
+  constexpr int passes = G::tile_tokens / 2 / G::tokens_per_pass;
+  float key[passes][N], value[passes][N];
+#pragma unroll
+  for (int pass = 0; pass < passes; ++pass) {
+    const std::int64_t token = tile0 + pass * G::tokens_per_pass + token_slot;
     const bool live = token < end;
     const bool from_chunk = exact_chunk && token >= past;
-    float key[N], value[N];
 #pragma unroll
-    for (int c = 0; c < N; ++c) key[c] = value[c] = 0.0f;
+    for (int c = 0; c < N; ++c) key[pass][c] = value[pass][c] = 0.0f;
     // Token 0 is always in the cache (the chunk is), so lanes with nothing to read still address valid memory.
     read_cached_token_lanes<Tier, N, L>(v, a.params, slot, quantized, live ? token : 0, kv, lane_in_token,
-                                        live && !from_chunk, key, value);
+                                        live && !from_chunk, key[pass], value[pass]);
     if (live && from_chunk) {
       const std::int64_t offset =
           ((std::int64_t{chunk_begin} + (token - past)) * v.kv_heads + kv) * D + lane_in_token * N;
-      load_f16_lanes<N>(a.chunk_keys + offset, key);
-      load_f16_lanes<N>(a.chunk_values + offset, value);
+      load_f16_lanes<N>(a.chunk_keys + offset, key[pass]);
+      load_f16_lanes<N>(a.chunk_values + offset, value[pass]);
     }
-    if (v.key_position == KeyPosition::pre_rope) rope_lanes<D, N, L>(key, lane_in_token, live ? token : 0, a.rope, a.style);
+  }
+#pragma unroll
+  for (int pass = 0; pass < passes; ++pass) {
+    const int row = pass * G::tokens_per_pass + token_slot;
+    const std::int64_t token = tile0 + row;
+    if (v.key_position == KeyPosition::pre_rope)
+      rope_lanes<D, N, L>(key[pass], lane_in_token, token < end ? token : 0, a.rope, a.style);
     const int offset = row * G::stride + lane_in_token * N;
     store_split_f16<N>(reinterpret_cast<uint4*>(keys + offset),
-                       SplitKeys ? reinterpret_cast<uint4*>(keys_lo + offset) : nullptr, key);
+                       SplitKeys ? reinterpret_cast<uint4*>(keys_lo + offset) : nullptr, key[pass]);
     uint4* value_row = reinterpret_cast<uint4*>(values + offset);
 #pragma unroll
     for (int q = 0; q < N / 8; ++q)
-      value_row[q] =
-          make_uint4(pack_half2(value[8 * q], value[8 * q + 1]), pack_half2(value[8 * q + 2], value[8 * q + 3]),
-                     pack_half2(value[8 * q + 4], value[8 * q + 5]), pack_half2(value[8 * q + 6], value[8 * q + 7]));
+      value_row[q] = make_uint4(pack_half2(value[pass][8 * q], value[pass][8 * q + 1]),
+                                pack_half2(value[pass][8 * q + 2], value[pass][8 * q + 3]),
+                                pack_half2(value[pass][8 * q + 4], value[pass][8 * q + 5]),
+                                pack_half2(value[pass][8 * q + 6], value[pass][8 * q + 7]));
   }
 }
 
@@ -253,16 +265,20 @@ __global__ void __launch_bounds__(PrefillGeometry<Tier::KeyPolicy::head_dim, Spl
   const int tile_count = static_cast<int>((block_end + BN - 1) / BN);
   const auto buffer = [&](int i, int part) { return tiles + (i & 1) * G::buffer_elements + part * G::tile_elements; };
   constexpr int value_part = SplitKeys ? 2 : 1;
-  read_prefill_tile<Tier, SplitKeys>(a, slot, kv, quantized, past, chunk_begin, 0, block_end, buffer(0, 0),
-                                     buffer(0, 1), buffer(0, value_part));
+  // Two warp groups in opposite order: group 0 reads its half of tile i+1 and then computes tile i, group 1
+  // computes tile i and then reads its half of tile i+1, so one group's memory latency overlaps the other's
+  // tensor-core work; one barrier per tile.
+  const int warp_group = warp / (G::warps / 2), thread_in_group = static_cast<int>(threadIdx.x) % G::group_threads;
+  const auto read_half = [&](int i) {
+    read_prefill_tile<Tier, SplitKeys>(a, slot, kv, quantized, past, chunk_begin, std::int64_t{i} * BN, warp_group,
+                                       thread_in_group, block_end, buffer(i, 0), buffer(i, 1), buffer(i, value_part));
+  };
+  read_half(0);
   __syncthreads();
 #pragma unroll 1
   for (int it = 0; it < tile_count; ++it) {
-    // The next tile goes into the other buffer while this one is computed; a warp that has its share of the next
-    // tile read starts computing while others still wait for their loads.
-    if (it + 1 < tile_count)
-      read_prefill_tile<Tier, SplitKeys>(a, slot, kv, quantized, past, chunk_begin, std::int64_t{it + 1} * BN,
-                                         block_end, buffer(it + 1, 0), buffer(it + 1, 1), buffer(it + 1, value_part));
+    const bool next = it + 1 < tile_count;
+    if (warp_group == 0 && next) read_half(it + 1);
     const std::int64_t tile0 = std::int64_t{it} * BN;
     const f16* const keys = buffer(it, 0);
     const f16* const keys_lo = buffer(it, 1);
@@ -349,6 +365,7 @@ __global__ void __launch_bounds__(PrefillGeometry<Tier::KeyPolicy::head_dim, Spl
         }
       }
     }
+    if (warp_group == 1 && next) read_half(it + 1);
     __syncthreads();
   }
 

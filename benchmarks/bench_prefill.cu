@@ -27,6 +27,7 @@ namespace {
 
 using kvq::benchmarks::DeviceArray;
 using kvq::benchmarks::EventTimer;
+using kvq::benchmarks::random_fill;
 using kvq::benchmarks::Stream;
 using kvq::cuda::check;
 
@@ -36,16 +37,6 @@ using Fp16 = kvq::Fp16Policy<kHeadDim>;
 using Int8 = kvq::UniformPolicy<kvq::UniformConfig{.bits = 8, .group_size = 128, .head_dim = kHeadDim}>;
 using Int4G64 = kvq::UniformPolicy<kvq::UniformConfig{.bits = 4, .group_size = 64, .head_dim = kHeadDim}>;
 using Int2G64 = kvq::UniformPolicy<kvq::UniformConfig{.bits = 2, .group_size = 64, .head_dim = kHeadDim}>;
-
-__global__ void random_fill(kvq::f16* data, std::int64_t count, std::uint32_t seed) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count; i += std::int64_t{gridDim.x} * blockDim.x) {
-    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9E3779B9u ^ seed;
-    h ^= h >> 16, h *= 0x7FEB352Du, h ^= h >> 15, h *= 0x846CA68Bu, h ^= h >> 16;
-    const float u = (h & 0xFFFFFF) / 16777216.0f;
-    const float w = ((h >> 8) & 0xFFFF) / 65536.0f;
-    data[i] = kvq::to_f16((u + w - 1.0f) * 2.0f);
-  }
-}
 
 template <class Tier>
 void prefill_benchmark(benchmark::State& state) {

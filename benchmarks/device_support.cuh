@@ -5,11 +5,25 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 
+#include "kvq/core/float16.hpp"
 #include "kvq/cuda/error.cuh"
 
 namespace kvq::benchmarks {
+
+// Fills `count` fp16 values with a deterministic hash of (index, seed) spread over about [-2, 2): synthetic K/V
+// and queries for the benchmarks (the kernels' speed does not depend on the values).
+static __global__ void random_fill(f16* data, std::int64_t count, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count; i += std::int64_t{gridDim.x} * blockDim.x) {
+    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9E3779B9u ^ seed;
+    h ^= h >> 16, h *= 0x7FEB352Du, h ^= h >> 15, h *= 0x846CA68Bu, h ^= h >> 16;
+    const float u = (h & 0xFFFFFF) / 16777216.0f;  // uniform [0,1): sum of two ~ triangular, roughly normal-ish
+    const float w = ((h >> 8) & 0xFFFF) / 65536.0f;
+    data[i] = to_f16((u + w - 1.0f) * 2.0f);
+  }
+}
 
 using kvq::cuda::check;
 

@@ -10,11 +10,9 @@ import argparse
 import datetime
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 
+import gbench
 import torch
 import torch.nn.functional as F
 
@@ -57,27 +55,12 @@ def main():
     parser.add_argument("--repetitions", type=int, default=3)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    kvq_json = os.path.join(args.out, "bench_attention.json")
-    run = subprocess.run([args.binary, "--benchmark_min_time=0.1", f"--benchmark_repetitions={args.repetitions}",
-                          "--benchmark_report_aggregates_only=true", f"--benchmark_filter={args.filter}",
-                          f"--benchmark_out={kvq_json}", "--benchmark_out_format=json"],
-                         capture_output=True, text=True)
-    with open(os.path.join(args.out, "bench_attention.txt"), "w") as log:
-        log.write(run.stdout + run.stderr)
-    if run.returncode != 0:
-        print(run.stdout[-3000:], run.stderr[-3000:])
-        sys.exit(run.returncode)
-    header = [line for line in run.stdout.splitlines() if line.startswith(("GPU", "fp16 copy"))]
+    lines, medians = gbench.run_medians(args.binary, args.out, "bench_attention", args.filter, args.repetitions)
+    header = [line for line in lines if line.startswith(("GPU", "fp16 copy"))]
     results = {}
-    # Google Benchmark writes nan/inf unquoted for some aggregates of counters; make the file valid JSON first.
-    text = re.sub(r'(?<=[:\[,\s])-?(nan|inf)(?=[,\s\]}])', "null", open(kvq_json).read())
-    for b in json.loads(text)["benchmarks"]:
-        if b.get("aggregate_name", "median") != "median":
-            continue
-        name = b["run_name"]  # attention/<policy>/batch:B/context:T/manual_time
+    for name, b in medians.items():  # attention/<policy>/batch:B/context:T/manual_time
         _, policy, batch, context = name.split("/")[:4]
-        key = (policy, int(batch.split(":")[1]), int(context.split(":")[1]))
-        results[key] = b
+        results[(policy, int(batch.split(":")[1]), int(context.split(":")[1]))] = b
     shapes = sorted({(k[1], k[2]) for k in results})
     # The GPU idled while kvq's benchmark set up: spin it up on the largest batch-1 shape first.
     spin = [torch.randn(1, 32, 1, 128, device="cuda", dtype=torch.float16),

@@ -9,12 +9,9 @@ Writes OUT_DIR/bench_prefill.json (kvq), OUT_DIR/prefill_table.md, and prints th
 """
 import argparse
 import datetime
-import json
 import os
-import re
-import subprocess
-import sys
 
+import gbench
 import torch
 import torch.nn.functional as F
 
@@ -60,23 +57,11 @@ def main():
     parser.add_argument("--filter", default=".")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    kvq_json = os.path.join(args.out, "bench_prefill.json")
-    run = subprocess.run([args.binary, "--benchmark_min_time=0.1", "--benchmark_repetitions=3",
-                          "--benchmark_report_aggregates_only=true", f"--benchmark_filter={args.filter}",
-                          f"--benchmark_out={kvq_json}", "--benchmark_out_format=json"],
-                         capture_output=True, text=True)
-    with open(os.path.join(args.out, "bench_prefill.txt"), "w") as log:
-        log.write(run.stdout + run.stderr)
-    if run.returncode != 0:
-        print(run.stdout[-3000:], run.stderr[-3000:])
-        sys.exit(run.returncode)
-    header = [line for line in run.stdout.splitlines() if line.startswith("GPU")]
-    text = re.sub(r'(?<=[:\[,\s])-?(nan|inf)(?=[,\s\]}])', "null", open(kvq_json).read())
+    lines, medians = gbench.run_medians(args.binary, args.out, "bench_prefill", args.filter, 3)
+    header = [line for line in lines if line.startswith("GPU")]
     results = {}
-    for b in json.loads(text)["benchmarks"]:
-        if b.get("aggregate_name", "median") != "median":
-            continue
-        _, policy, context, chunk = b["run_name"].split("/")[:4]  # prefill/<policy>/context:T/chunk:C/manual_time
+    for name, b in medians.items():  # prefill/<policy>/context:T/chunk:C/manual_time
+        _, policy, context, chunk = name.split("/")[:4]
         results[(policy, int(context.split(":")[1]), int(chunk.split(":")[1]))] = b
     sdpa = {}
     for tokens in sorted({k[1] for k in results}):

@@ -155,6 +155,19 @@ __device__ __forceinline__ void rope_lanes(float (&x)[N], int lane_in_token, std
     x[c] = rope_channel<HeadDim>(x[c], partner[c], lane_in_token * N + c, position, rope, style);
 }
 
+// The inverse rotation of a head vector, applied where `apply` (lanes holding page rows); all 32 lanes call.
+template <int HeadDim, int N, int Lanes>
+__device__ __forceinline__ void rotate_back_lanes(float (&x)[N], int lane_in_token, std::uint32_t seed, bool apply) {
+  if (!__any_sync(0xFFFFFFFFu, apply)) return;
+  float back[N];
+#pragma unroll
+  for (int c = 0; c < N; ++c) back[c] = x[c];
+  rotate_lanes<HeadDim, N, Lanes>(back, lane_in_token, seed, true);
+  if (apply)
+#pragma unroll
+    for (int c = 0; c < N; ++c) x[c] = back[c];
+}
+
 // Channels [lane_in_token * N, + N) of the key and value of `token` (head `head`) as the cache stores them: a sink or
 // window row, or a page row dequantized by the policy; rotated policies rotated back to the original domain; no
 // RoPE. `quantized` is the sequence's count of tokens in pages. Called by all 32 lanes (the inverse rotation
@@ -185,24 +198,8 @@ __device__ __forceinline__ void read_cached_token_lanes(const CacheLayerView& v,
     load_f16_lanes<N>((sink ? v.sink_values : v.window_values) + offset, x);
   }
   const bool from_pages = read && segment == TokenSegment::quantized;
-  if constexpr (K::rotated) {
-    float back[N];
-#pragma unroll
-    for (int c = 0; c < N; ++c) back[c] = k[c];
-    if (__any_sync(0xFFFFFFFFu, from_pages)) rotate_lanes<D, N, Lanes>(back, lane_in_token, params.key.seed, true);
-    if (from_pages)
-#pragma unroll
-      for (int c = 0; c < N; ++c) k[c] = back[c];
-  }
-  if constexpr (V::rotated) {
-    float back[N];
-#pragma unroll
-    for (int c = 0; c < N; ++c) back[c] = x[c];
-    if (__any_sync(0xFFFFFFFFu, from_pages)) rotate_lanes<D, N, Lanes>(back, lane_in_token, params.value.seed, true);
-    if (from_pages)
-#pragma unroll
-      for (int c = 0; c < N; ++c) x[c] = back[c];
-  }
+  if constexpr (K::rotated) rotate_back_lanes<D, N, Lanes>(k, lane_in_token, params.key.seed, from_pages);
+  if constexpr (V::rotated) rotate_back_lanes<D, N, Lanes>(x, lane_in_token, params.value.seed, from_pages);
   if (read) {
 #pragma unroll
     for (int c = 0; c < N; ++c) {

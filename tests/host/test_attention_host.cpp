@@ -142,67 +142,71 @@ TEST_CASE("prefill_attention_reference: each query token equals decode over its 
   INFO("seed " << seed);
   std::mt19937 rng(seed);
   constexpr int q_heads = 4, d = 128, kv_heads = 2;
-  // window 64: a chunk of 40 stays in the fp16 window; a chunk of 100 flushes part of itself to pages.
-  CacheConfig config{.layers = 1, .kv_heads = kv_heads, .max_sequences = 1, .max_tokens_per_sequence = 600,
-                     .page_tokens = 64, .sink_tokens = 3, .window_tokens = 64, .key_position = KeyPosition::pre_rope};
-  config.rope = llama31_8b_rope;
-  HostPagedKVCache<LayerTiers<T>> cache(config, std::int64_t{1} << 30);
-  const auto append = [&](std::int64_t count, std::vector<float>& keys, std::vector<float>& values) {
-    const AppendPlan plan = cache.reserve(std::vector<int>{0}, std::vector<std::int64_t>{count});
-    const TensorShape shape{count, kv_heads, d};
-    const std::vector<f16> k = make_input(shape, rng()), v = make_input(shape, rng());
-    cache.write<f16>(plan, 0, k, v);
-    keys.clear();
-    values.clear();
-    for (std::size_t i = 0; i < k.size(); ++i) keys.push_back(to_float(k[i])), values.push_back(to_float(v[i]));
-  };
-  std::vector<float> keys, values;
-  append(200, keys, values);
-  std::normal_distribution<float> normal;
-  const AttentionParams attention{.softmax_scale = 0.0f, .soft_cap = 0.0f};
-  for (const std::int64_t count : {std::int64_t{40}, std::int64_t{100}}) {
-    INFO("chunk " << count);
-    append(count, keys, values);
-    std::vector<float> q(static_cast<std::size_t>(count) * q_heads * d);
-    for (float& x : q) x = normal(rng);
-    std::vector<std::int64_t> rows(static_cast<std::size_t>(count));
-    std::iota(rows.begin(), rows.end(), 0);
-    std::vector<double> stored(q.size()), exact(q.size());
-    const CacheLayerView view = cache.view(0);
-    prefill_attention_reference<T>(view, TierParams<T>{}, cache.rope_table(), config.rope.style, 0, count, q, q_heads,
-                                   nullptr, nullptr, attention, rows, stored);
-    prefill_attention_reference<T>(view, TierParams<T>{}, cache.rope_table(), config.rope.style, 0, count, q, q_heads,
-                                   keys.data(), values.data(), attention, rows, exact);
-    // As stored, query i is decode attention over the first past + i + 1 tokens of the same cache.
-    const std::int64_t length = view.lengths[0], past = length - count;
-    for (const std::int64_t i : {std::int64_t{0}, count / 2, count - 1}) {
-      std::int64_t prefix = past + i + 1;
-      CacheLayerView shorter = view;
-      shorter.lengths = &prefix;
-      std::vector<double> decoded(static_cast<std::size_t>(q_heads) * d);
-      decode_attention_reference<T>(shorter, TierParams<T>{}, cache.rope_table(), config.rope.style, 0,
-                                    std::span<const float>(q).subspan(static_cast<std::size_t>(i) * q_heads * d, q_heads * d),
-                                    q_heads, attention, decoded);
-      for (std::size_t c = 0; c < decoded.size(); ++c) CHECK(stored[static_cast<std::size_t>(i) * q_heads * d + c] == decoded[c]);
+  // window 64: a chunk of 40 stays in the fp16 window; a chunk of 100 flushes part of itself to pages. Keys stored
+  // before and after RoPE: write() takes them before RoPE either way, and so does the exact chunk.
+  for (const KeyPosition position : {KeyPosition::pre_rope, KeyPosition::post_rope}) {
+    INFO("pre-RoPE keys " << (position == KeyPosition::pre_rope));
+    CacheConfig config{.layers = 1, .kv_heads = kv_heads, .max_sequences = 1, .max_tokens_per_sequence = 600,
+                       .page_tokens = 64, .sink_tokens = 3, .window_tokens = 64, .key_position = position};
+    config.rope = llama31_8b_rope;
+    HostPagedKVCache<LayerTiers<T>> cache(config, std::int64_t{1} << 30);
+    const auto append = [&](std::int64_t count, std::vector<float>& keys, std::vector<float>& values) {
+      const AppendPlan plan = cache.reserve(std::vector<int>{0}, std::vector<std::int64_t>{count});
+      const TensorShape shape{count, kv_heads, d};
+      const std::vector<f16> k = make_input(shape, rng()), v = make_input(shape, rng());
+      cache.write<f16>(plan, 0, k, v);
+      keys.clear();
+      values.clear();
+      for (std::size_t i = 0; i < k.size(); ++i) keys.push_back(to_float(k[i])), values.push_back(to_float(v[i]));
+    };
+    std::vector<float> keys, values;
+    append(200, keys, values);
+    std::normal_distribution<float> normal;
+    const AttentionParams attention{.softmax_scale = 0.0f, .soft_cap = 0.0f};
+    for (const std::int64_t count : {std::int64_t{40}, std::int64_t{100}}) {
+      INFO("chunk " << count);
+      append(count, keys, values);
+      std::vector<float> q(static_cast<std::size_t>(count) * q_heads * d);
+      for (float& x : q) x = normal(rng);
+      std::vector<std::int64_t> rows(static_cast<std::size_t>(count));
+      std::iota(rows.begin(), rows.end(), 0);
+      std::vector<double> stored(q.size()), exact(q.size());
+      const CacheLayerView view = cache.view(0);
+      prefill_attention_reference<T>(view, TierParams<T>{}, cache.rope_table(), config.rope.style, 0, count, q, q_heads,
+                                     nullptr, nullptr, attention, rows, stored);
+      prefill_attention_reference<T>(view, TierParams<T>{}, cache.rope_table(), config.rope.style, 0, count, q, q_heads,
+                                     keys.data(), values.data(), attention, rows, exact);
+      // As stored, query i is decode attention over the first past + i + 1 tokens of the same cache.
+      const std::int64_t length = view.lengths[0], past = length - count;
+      for (const std::int64_t i : {std::int64_t{0}, count / 2, count - 1}) {
+        std::int64_t prefix = past + i + 1;
+        CacheLayerView shorter = view;
+        shorter.lengths = &prefix;
+        std::vector<double> decoded(static_cast<std::size_t>(q_heads) * d);
+        decode_attention_reference<T>(shorter, TierParams<T>{}, cache.rope_table(), config.rope.style, 0,
+                                      std::span<const float>(q).subspan(static_cast<std::size_t>(i) * q_heads * d, q_heads * d),
+                                      q_heads, attention, decoded);
+        for (std::size_t c = 0; c < decoded.size(); ++c) CHECK(stored[static_cast<std::size_t>(i) * q_heads * d + c] == decoded[c]);
+      }
+      // The window holds the whole 40-token chunk in fp16, so exact = as stored; the 100-token chunk was partly
+      // flushed to int4/int8 pages, so its exact rows differ.
+      double difference = 0;
+      for (std::size_t c = 0; c < q.size(); ++c) difference = std::max(difference, std::abs(stored[c] - exact[c]));
+      if (count == 40) CHECK(difference == 0.0);
+      else CHECK(difference > 1e-4);
     }
-    // The window holds the whole 40-token chunk in fp16, so exact = as stored; the 100-token chunk was partly
-    // flushed to int4/int8 pages, so its exact rows differ.
-    double difference = 0;
-    for (std::size_t c = 0; c < q.size(); ++c) difference = std::max(difference, std::abs(stored[c] - exact[c]));
-    if (count == 40) CHECK(difference == 0.0);
-    else CHECK(difference > 1e-4);
+    std::vector<double> out(static_cast<std::size_t>(q_heads) * d);
+    const std::vector<float> q1(static_cast<std::size_t>(q_heads) * d);
+    const std::vector<std::int64_t> row0{0};
+    CHECK_THROWS_WITH_AS(prefill_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
+                                                        0, 1, q1, q_heads, keys.data(), nullptr, attention, row0, out),
+                         doctest::Contains("both chunk keys and values"), Error);
+    const std::vector<std::int64_t> row5{5};
+    CHECK_THROWS_WITH_AS(prefill_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
+                                                        0, 1, q1, q_heads, nullptr, nullptr, attention, row5, out),
+                         doctest::Contains("outside the chunk"), Error);
+    CHECK_THROWS_WITH_AS(prefill_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
+                                                        0, 100000, q1, q_heads, nullptr, nullptr, attention, row0, out),
+                         doctest::Contains("not inside"), Error);
   }
-  std::vector<double> out(static_cast<std::size_t>(q_heads) * d);
-  const std::vector<float> q1(static_cast<std::size_t>(q_heads) * d);
-  const std::vector<std::int64_t> row0{0};
-  CHECK_THROWS_WITH_AS(prefill_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
-                                                      0, 1, q1, q_heads, keys.data(), nullptr, attention, row0, out),
-                       doctest::Contains("both chunk keys and values"), Error);
-  const std::vector<std::int64_t> row5{5};
-  CHECK_THROWS_WITH_AS(prefill_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
-                                                      0, 1, q1, q_heads, nullptr, nullptr, attention, row5, out),
-                       doctest::Contains("outside the chunk"), Error);
-  CHECK_THROWS_WITH_AS(prefill_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
-                                                      0, 100000, q1, q_heads, nullptr, nullptr, attention, row0, out),
-                       doctest::Contains("not inside"), Error);
 }

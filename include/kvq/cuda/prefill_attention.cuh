@@ -4,8 +4,8 @@
 // and values written with PagedKVCache::write); query i of a chunk of n tokens sits at position past + i
 // (past = length - n) and attends causally to tokens [0, past + i]. Tokens before the chunk are read as the cache
 // stores them (exactly what the next decode step reads); the chunk's own tokens come from the fp16 tensors that
-// were given to write() when the caller passes them (exact, as the model computed them), else from the cache as
-// stored. docs/attention.md ("Prefill") states what each token sees.
+// were given to write() when the caller passes them (exact, as the model computed them: each chunk token reads as
+// the fp16 window would hold it, keys rotated here for their positions), else from the cache as stored. docs/attention.md ("Prefill") states what each token sees.
 //
 // Work decomposition:
 //   grid  = (row blocks, kv_heads, batch). A row is a (query token, query head) pair of one KV head's group:
@@ -169,8 +169,21 @@ __device__ __forceinline__ void read_prefill_tile(const PrefillArgs<Tier, Query,
   for (int pass = 0; pass < passes; ++pass) {
     const int row = pass * G::tokens_per_pass + token_slot;
     const std::int64_t token = tile0 + row;
-    if (v.key_position == KeyPosition::pre_rope)
+    // RoPE at read: every key of a pre-RoPE cache; in a post-RoPE cache only the chunk's own keys, which are the
+    // tensors given to write(): rotated and rounded to fp16 as write() does for the window, so a chunk token reads
+    // exactly as the fp16 window holds it. rope_lanes shuffles: all lanes call.
+    const bool rotate_chunk_key = exact_chunk && token < end && token >= past;
+    if (v.key_position == KeyPosition::pre_rope) {
       rope_lanes<D, N, L>(key[pass], lane_in_token, token < end ? token : 0, a.rope, a.style);
+    } else if (__any_sync(0xFFFFFFFFu, rotate_chunk_key)) {
+      float rotated[N];
+#pragma unroll
+      for (int c = 0; c < N; ++c) rotated[c] = key[pass][c];
+      rope_lanes<D, N, L>(rotated, lane_in_token, token < end ? token : 0, a.rope, a.style);
+      if (rotate_chunk_key)
+#pragma unroll
+        for (int c = 0; c < N; ++c) key[pass][c] = to_float(to_f16_saturating(rotated[c]));
+    }
     const int offset = row * G::stride + lane_in_token * N;
     store_split_f16<N>(reinterpret_cast<uint4*>(keys + offset),
                        SplitKeys ? reinterpret_cast<uint4*>(keys_lo + offset) : nullptr, key[pass]);
@@ -409,8 +422,8 @@ void launch_prefill_attention(const PrefillArgs<Tier, Query, Out>& args, dim3 gr
 //                batch entry b is rows [chunk_starts[b], chunk_starts[b + 1]);
 //   out          [total_tokens][q_heads][head_dim];
 //   chunk_keys,  [total_tokens][kv_heads][head_dim] fp16: the tensors given to the cache's write() for this
-//   chunk_values chunk (the cache's key position: pre-RoPE caches get RoPE at read), or both null to read the
-//                chunk from the cache as stored;
+//   chunk_values chunk (keys before RoPE, as write() takes them whatever the key position: RoPE is applied here),
+//                or both null to read the chunk from the cache as stored;
 //   sequences    [batch] cache sequence slots, chunk_starts [batch + 1] ascending (device memory). Each chunk must
 //                be the last tokens of its sequence (appended before the call); a slot outside the cache or a
 //                chunk longer than its sequence gives NaN rows.

@@ -3,8 +3,9 @@
 // the chunk's `count` tokens are the last tokens of the sequence, already appended; query i sits at position
 // past + i (past = length - count) and attends tokens [0, past + i]. Tokens before the chunk are read as the cache
 // stores them now (what the next decode step reads); the chunk's own tokens come from `chunk_keys` and
-// `chunk_values` (the tensors given to the cache's write, in the cache's key position) when given, else from the
-// cache as stored. Products, softmax and sums in double.
+// `chunk_values` (the tensors given to the cache's write: keys before RoPE) when given, read as the fp16 window
+// would hold them (RoPE for their positions; post-RoPE caches round the rotated key to fp16, as write() does),
+// else from the cache as stored. Products, softmax and sums in double.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/core/error.hpp"
+#include "kvq/core/float16.hpp"
 #include "kvq/core/rope.hpp"
 #include "kvq/host/decode_attention.hpp"
 
@@ -58,7 +60,10 @@ void prefill_attention_reference(const CacheLayerView& v, const TierParams<Tier>
         const std::size_t row = (static_cast<std::size_t>(t - past) * v.kv_heads + kv) * d;
         std::copy(chunk_keys + row, chunk_keys + row + d, key);
         std::copy(chunk_values + row, chunk_values + row + d, value);
-        if (v.key_position == KeyPosition::pre_rope) apply_rope<d>(key, t, rope, style);
+        // write() takes keys before RoPE; read as the fp16 window holds them (post-RoPE: rotated, then fp16).
+        apply_rope<d>(key, t, rope, style);
+        if (v.key_position == KeyPosition::post_rope)
+          for (int c = 0; c < d; ++c) key[c] = to_float(to_f16_saturating(key[c]));
       } else {
         read_attention_token<Tier>(v, params, rope, style, sequence, t, kv, key, value);
       }

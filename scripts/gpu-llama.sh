@@ -8,6 +8,9 @@
 #   KVQ_SMOLLM2_GGUF=PATH       SmolLM2-135M-Instruct.Q4_1.gguf (default ~/.cache/kvq/...; skipped if absent)
 #   KVQ_SYNTHETIC="llama3-8b"   synthetic models;  KVQ_SYNTHETIC_PRESETS="fp16 q4_0"   their --kv presets
 #   KVQ_CONTEXT=32768  KVQ_CHUNK=1024  KVQ_DECODE=64   the synthetic runs' prompt, chunk and decode tokens
+#   KVQ_PREBUILT=DIR            kvq_llama and kvq_llama_gpu_tests built elsewhere for sm_90a (with
+#                               -DBUILD_SHARED_LIBS=ON: libkvq_llama_gpu.so beside them): used when they start here,
+#                               else the build step runs
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/gpu-env.sh
@@ -17,13 +20,20 @@ smollm2=${KVQ_SMOLLM2_GGUF:-$HOME/.cache/kvq/SmolLM2-135M-Instruct.Q4_1.gguf}
 step() { echo "== $* ($(date -u +%H:%M:%S))"; }
 
 step "GPU"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-step "configure"
-cmake --preset gpu "${configure_args[@]}" -DKVQ_BUILD_BENCHMARKS=OFF >"$out/configure.log" 2>&1 ||
-  { tail -30 "$out/configure.log"; exit 1; }
-grep -E "kvq_llama|skipping" "$out/configure.log"
-step "build"
-cmake --build --preset gpu -j "$(nproc)" --target kvq_llama kvq_llama_gpu_tests >"$out/build.log" 2>&1 ||
-  { grep -E "error" -A3 "$out/build.log" | head -60; exit 1; }
+if [[ -n "${KVQ_PREBUILT:-}" ]] && LD_LIBRARY_PATH="$KVQ_PREBUILT:$LD_LIBRARY_PATH" "$KVQ_PREBUILT/kvq_llama" --help >/dev/null &&
+  LD_LIBRARY_PATH="$KVQ_PREBUILT:$LD_LIBRARY_PATH" "$KVQ_PREBUILT/kvq_llama_gpu_tests" --list-test-suites >/dev/null; then
+  step "prebuilt binaries in $KVQ_PREBUILT start here; no build"
+  bin=$KVQ_PREBUILT
+  export LD_LIBRARY_PATH="$KVQ_PREBUILT:$LD_LIBRARY_PATH"
+else
+  step "configure"
+  cmake --preset gpu "${configure_args[@]}" -DKVQ_BUILD_BENCHMARKS=OFF >"$out/configure.log" 2>&1 ||
+    { tail -30 "$out/configure.log"; exit 1; }
+  grep -E "kvq_llama|skipping" "$out/configure.log"
+  step "build"
+  cmake --build --preset gpu -j "$(nproc)" --target kvq_llama kvq_llama_gpu_tests >"$out/build.log" 2>&1 ||
+    { grep -E "error" -A3 "$out/build.log" | head -60; exit 1; }
+fi
 
 step "GPU backend tests (tiny model, memory plan)"
 "$bin/kvq_llama_gpu_tests" --test-suite=gpu,gpu_plan 2>&1 | tee "$out/tests_gpu.txt" | grep -E "MESSAGE|worst|chunk vs|ERROR|FAILED|Status|test cases" -A1

@@ -180,8 +180,8 @@ bool use_gpu(const Options& o) {
 // The shapes of a published model (kvq's planner presets) as a LlamaConfig: Hugging Face row order (half-split
 // RoPE), Llama-3's theta 500000; 3.2-1B with its llama3 frequency scaling (factor 32).
 LlamaConfig synthetic_config(std::string_view name) {
-  const char* preset = name == "llama3-8b"    ? "Llama-3-8B"
-                       : name == "llama3-70b" ? "Llama-3-70B"
+  const char* preset = name == "llama3-8b"     ? "Llama-3-8B"
+                       : name == "llama3-70b"  ? "Llama-3-70B"
                        : name == "llama3.2-1b" ? "Llama-3.2-1B"
                                                : nullptr;
   require(preset != nullptr, ErrorCode::invalid_argument,
@@ -239,8 +239,8 @@ void print_kv(const KvCacheReport& report, std::int64_t capacity) {
 std::unique_ptr<GpuBackend> start_gpu(const LlamaConfig& config, const LlamaModel* model, const KvCacheOptions& kv,
                                       const GpuOptions& gpu) {
   const GpuMemoryPlan plan = plan_gpu_memory(config, kv, gpu);
-  fmt::print("GPU memory plan{}:\n{}", gpu.memory_budget > 0 ? fmt::format(" (budget {})", format_bytes(gpu.memory_budget)) : "",
-             plan.table());
+  fmt::print("GPU memory plan{}:\n{}",
+             gpu.memory_budget > 0 ? fmt::format(" (budget {})", format_bytes(gpu.memory_budget)) : "", plan.table());
   return model != nullptr ? make_gpu_backend(*model, kv, gpu) : make_synthetic_gpu_backend(config, kv, gpu);
 }
 
@@ -266,9 +266,10 @@ int run(int argc, char** argv) {
     require(gpu, ErrorCode::invalid_argument,
             "--synthetic runs on the GPU backend only: a kvq_llama built with CUDA, a CUDA device, no --backend cpu");
     config = synthetic_config(options.synthetic);
-    fmt::print("model: SYNTHETIC {} -- random fp16 weights of its shapes (seed {}), not a trained model; token ids "
-               "are random and the output means nothing\n",
-               options.synthetic, options.sampling.seed);
+    fmt::print(
+        "model: SYNTHETIC {} -- random fp16 weights of its shapes (seed {}), not a trained model; token ids "
+        "are random and the output means nothing\n",
+        options.synthetic, options.sampling.seed);
     print_config(config, "");
     const std::int64_t count = options.context.value_or(512);
     require(count > 0, ErrorCode::invalid_argument, "--context must be > 0");
@@ -336,7 +337,8 @@ int run(int argc, char** argv) {
   } else {
     result = generate(*backend, prompt, generation);
     fmt::print("generated ids (synthetic):");
-    for (std::size_t i = 0; i < std::min<std::size_t>(result.tokens.size(), 16); ++i) fmt::print(" {}", result.tokens[i]);
+    for (std::size_t i = 0; i < std::min<std::size_t>(result.tokens.size(), 16); ++i)
+      fmt::print(" {}", result.tokens[i]);
     fmt::print("{}", result.tokens.size() > 16 ? " ..." : "");
   }
   fmt::print("\n\n");

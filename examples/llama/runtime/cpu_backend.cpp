@@ -155,9 +155,10 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCacheOptions& options) {
-  return dispatch_kv_cache(model.config.head_dim, options.preset, [&]<class Preset, class Tiers>() -> std::unique_ptr<Backend> {
-    return std::make_unique<CpuBackend<Preset, Tiers>>(model, example_cache_config<Preset>(model.config, options));
-  });
+  return dispatch_kv_cache(
+      model.config.head_dim, options.preset, [&]<class Preset, class Tiers>() -> std::unique_ptr<Backend> {
+        return std::make_unique<CpuBackend<Preset, Tiers>>(model, example_cache_config<Preset>(model.config, options));
+      });
 }
 
 }  // namespace kvq::llama

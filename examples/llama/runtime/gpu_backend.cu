@@ -1,11 +1,10 @@
 // The GPU backend's entry points (gpu_backend.hpp): the head_dim dispatch onto gpu_backend_64.cu and
 // gpu_backend_128.cu, the memory check, and the two weight sources.
-#include "runtime/gpu_backend.hpp"
-
 #include <string>
 
 #include "kvq/cache/presets.hpp"
 #include "kvq/cuda/error.cuh"
+#include "runtime/gpu_backend.hpp"
 #include "runtime/gpu_backend_at.hpp"
 #include "runtime/gpu_weights.hpp"
 
@@ -32,11 +31,10 @@ void check_memory_budget(const GpuMemoryPlan& plan, std::int64_t budget) {
   std::size_t free_bytes = 0, total_bytes = 0;
   cuda::check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
   if (plan.allocated() > static_cast<std::int64_t>(free_bytes))
-    throw Error(ErrorCode::out_of_memory, "the GPU backend would allocate " + format_bytes(plan.allocated()) +
-                                              " but the device has " +
-                                              format_bytes(static_cast<std::int64_t>(free_bytes)) + " free (of " +
-                                              format_bytes(static_cast<std::int64_t>(total_bytes)) + "):\n" +
-                                              plan.table());
+    throw Error(ErrorCode::out_of_memory,
+                "the GPU backend would allocate " + format_bytes(plan.allocated()) + " but the device has " +
+                    format_bytes(static_cast<std::int64_t>(free_bytes)) + " free (of " +
+                    format_bytes(static_cast<std::int64_t>(total_bytes)) + "):\n" + plan.table());
 }
 
 }  // namespace gpu
@@ -61,9 +59,8 @@ std::unique_ptr<GpuBackend> make_synthetic_gpu_backend(const LlamaConfig& config
   const gpu::WeightFill fill = [&](const WeightLayout& layout, std::uint8_t* base, cudaStream_t stream) {
     gpu::synthetic_weights(config, options.synthetic_seed, layout, base, stream);
   };
-  return visit_preset_head_dim(config.head_dim, [&]<int HeadDim>() {
-    return gpu::make_backend_at<HeadDim>(config, kv, options, fill);
-  });
+  return visit_preset_head_dim(config.head_dim,
+                               [&]<int HeadDim>() { return gpu::make_backend_at<HeadDim>(config, kv, options, fill); });
 }
 
 }  // namespace kvq::llama

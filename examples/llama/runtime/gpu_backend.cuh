@@ -240,10 +240,9 @@ class GpuBackendImpl final : public GpuBackend {
                                                    " tokens in one step, the GPU backend was sized for " +
                                                    std::to_string(plan_.activations.max_tokens) + " (--chunk)");
     if (first + count > cache_.config().max_tokens_per_sequence)
-      throw Error(ErrorCode::capacity_exceeded, "forward: " + std::to_string(first) + " + " + std::to_string(count) +
-                                                    " tokens exceed the cache's " +
-                                                    std::to_string(cache_.config().max_tokens_per_sequence) +
-                                                    " (raise --context)");
+      throw Error(ErrorCode::capacity_exceeded,
+                  "forward: " + std::to_string(first) + " + " + std::to_string(count) + " tokens exceed the cache's " +
+                      std::to_string(cache_.config().max_tokens_per_sequence) + " (raise --context)");
     for (std::int64_t t = 0; t < count; ++t) {
       const TokenId token = tokens[static_cast<std::size_t>(t)];
       if (token < 0 || token >= config_.vocabulary)
@@ -316,8 +315,9 @@ class GpuBackendImpl final : public GpuBackend {
     rms_norm(hidden, weight<float>(w.attention_norm), count, c.hidden, c.rms_epsilon, normed, stream);
     blas_->project(weight<f16>(w.qkv), q_width + 2 * kv_width, c.hidden, normed, count, buffer<float>(a.qkv), 0.0f);
     split_qkv<head_dim>(buffer<float>(a.qkv), count, c.q_heads, c.kv_heads, first, cache_.rope_table(),
-                        cache_.config().rope.style, buffer<float>(a.query), count > 1 ? buffer<f16>(a.query_half) : nullptr,
-                        buffer<f16>(a.keys), buffer<f16>(a.values), stream);
+                        cache_.config().rope.style, buffer<float>(a.query),
+                        count > 1 ? buffer<f16>(a.query_half) : nullptr, buffer<f16>(a.keys), buffer<f16>(a.values),
+                        stream);
     cache_.template write<f16>(append, layer, buffer<f16>(a.keys), buffer<f16>(a.values), stream);
     ++written;
     attend_chunk(layer, first, count);
@@ -341,8 +341,8 @@ class GpuBackendImpl final : public GpuBackend {
       const DecodePlan& plan = decode_plans_[static_cast<std::size_t>(layer)];
       cuda::decode_attention_async(cache_, layer, plan, AttentionParams{}, buffer<float>(a.query),
                                    buffer<f16>(a.attention), buffer<std::int32_t>(a.sequence),
-                                   workspaces_[static_cast<std::size_t>(cache_.tier(layer))],
-                                   decode_workspace_bound(c), stream);
+                                   workspaces_[static_cast<std::size_t>(cache_.tier(layer))], decode_workspace_bound(c),
+                                   stream);
       return;
     }
     // Interim prefill attention (see the header comment).

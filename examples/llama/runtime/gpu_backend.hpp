@@ -22,8 +22,8 @@
 namespace kvq::llama {
 
 struct GpuOptions {
-  int max_chunk_tokens = 256;     // the most tokens one forward() takes (the prefill chunk); sizes the buffers
-  std::int64_t memory_budget = 0;  // bytes; 0 = the device's free memory. Checked before anything is allocated.
+  int max_chunk_tokens = 256;        // the most tokens one forward() takes (the prefill chunk); sizes the buffers
+  std::int64_t memory_budget = 0;    // bytes; 0 = the device's free memory. Checked before anything is allocated.
   std::uint64_t synthetic_seed = 0;  // weights of make_synthetic_gpu_backend
 };
 

@@ -4,7 +4,7 @@
 namespace kvq::llama::gpu {
 
 template std::unique_ptr<GpuBackend> make_backend_at<128>(const LlamaConfig&, const KvCacheOptions&, const GpuOptions&,
-                                                         const WeightFill&);
+                                                          const WeightFill&);
 template GpuMemoryPlan plan_memory_at<128>(const LlamaConfig&, const KvCacheOptions&, const GpuOptions&);
 
 }  // namespace kvq::llama::gpu

@@ -1,10 +1,9 @@
-#include "runtime/gpu_blas.hpp"
-
 #include <cublas_v2.h>
 
 #include <string>
 
 #include "kvq/core/error.hpp"
+#include "runtime/gpu_blas.hpp"
 
 namespace kvq::llama::gpu {
 namespace {
@@ -55,9 +54,9 @@ void Blas::attention_scores(const f16* query, const f16* keys, int q_heads, int 
     check_blas(cublasGemmStridedBatchedEx(
                    as_handle(handle_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(length), static_cast<int>(queries),
                    head_dim, &scale, keys, CUDA_R_16F, kv_heads * head_dim, head_dim, query + j * head_dim, CUDA_R_16F,
-                   q_heads * head_dim, static_cast<long long>(group) * head_dim, &beta,
-                   scores + j * queries * length, CUDA_R_32F, static_cast<int>(length),
-                   static_cast<long long>(group) * queries * length, kv_heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   q_heads * head_dim, static_cast<long long>(group) * head_dim, &beta, scores + j * queries * length,
+                   CUDA_R_32F, static_cast<int>(length), static_cast<long long>(group) * queries * length, kv_heads,
+                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                "attention scores");
 }
 
@@ -67,14 +66,14 @@ void Blas::attention_values(const f16* probabilities, const f16* values, int q_h
   const int group = q_heads / kv_heads;
   const float alpha = 1.0f, beta = 0.0f;
   for (int j = 0; j < group; ++j)
-    check_blas(cublasGemmStridedBatchedEx(
-                   as_handle(handle_), CUBLAS_OP_N, CUBLAS_OP_N, head_dim, static_cast<int>(queries),
-                   static_cast<int>(length), &alpha, values, CUDA_R_16F, kv_heads * head_dim, head_dim,
-                   probabilities + j * queries * length, CUDA_R_16F, static_cast<int>(length),
-                   static_cast<long long>(group) * queries * length, &beta, out + j * head_dim, CUDA_R_16F,
-                   q_heads * head_dim, static_cast<long long>(group) * head_dim, kv_heads, CUBLAS_COMPUTE_32F,
-                   CUBLAS_GEMM_DEFAULT),
-               "attention values");
+    check_blas(
+        cublasGemmStridedBatchedEx(as_handle(handle_), CUBLAS_OP_N, CUBLAS_OP_N, head_dim, static_cast<int>(queries),
+                                   static_cast<int>(length), &alpha, values, CUDA_R_16F, kv_heads * head_dim, head_dim,
+                                   probabilities + j * queries * length, CUDA_R_16F, static_cast<int>(length),
+                                   static_cast<long long>(group) * queries * length, &beta, out + j * head_dim,
+                                   CUDA_R_16F, q_heads * head_dim, static_cast<long long>(group) * head_dim, kv_heads,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "attention values");
 }
 
 }  // namespace kvq::llama::gpu

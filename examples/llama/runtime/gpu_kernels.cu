@@ -1,9 +1,8 @@
-#include "runtime/gpu_kernels.hpp"
-
 #include <algorithm>
 
 #include "kvq/cuda/error.cuh"
 #include "kvq/cuda/paged_cache.cuh"  // kvq::cuda::detail::rope_channel, the cache's own per-channel RoPE
+#include "runtime/gpu_kernels.hpp"
 
 namespace kvq::llama::gpu {
 namespace {
@@ -148,14 +147,14 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
 
 template <int HeadDim>
 void split_qkv(const float* qkv, std::int64_t tokens, int q_heads, int kv_heads, std::int64_t first,
-               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* query_half, f16* keys,
-               f16* values, cudaStream_t stream) {
+               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* query_half, f16* keys, f16* values,
+               cudaStream_t stream) {
   split_qkv_kernel<HeadDim><<<grid_for(tokens * (q_heads + 2 * kv_heads) * HeadDim, 256), 256, 0, stream>>>(
       qkv, tokens, q_heads, kv_heads, first, rope, style, query, query_half, keys, values);
   cuda::check_launch("GPU backend: q/k/v split and RoPE");
 }
-template void split_qkv<64>(const float*, std::int64_t, int, int, std::int64_t, const RopeTable<64>&, RopeStyle,
-                            float*, f16*, f16*, f16*, cudaStream_t);
+template void split_qkv<64>(const float*, std::int64_t, int, int, std::int64_t, const RopeTable<64>&, RopeStyle, float*,
+                            f16*, f16*, f16*, cudaStream_t);
 template void split_qkv<128>(const float*, std::int64_t, int, int, std::int64_t, const RopeTable<128>&, RopeStyle,
                              float*, f16*, f16*, f16*, cudaStream_t);
 

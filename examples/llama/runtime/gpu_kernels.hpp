@@ -26,8 +26,8 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
 // query_half (may be null) gets the rotated queries in fp16 too, for the prefill score product.
 template <int HeadDim>
 void split_qkv(const float* qkv, std::int64_t tokens, int q_heads, int kv_heads, std::int64_t first,
-               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* query_half, f16* keys,
-               f16* values, cudaStream_t stream);
+               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* query_half, f16* keys, f16* values,
+               cudaStream_t stream);
 
 // out[t][i] = silu(gate_up[t][i]) * gate_up[t][ffn + i], rounded to fp16.
 void swiglu(const float* gate_up, std::int64_t tokens, int ffn, f16* out, cudaStream_t stream);

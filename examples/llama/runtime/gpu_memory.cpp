@@ -98,9 +98,9 @@ std::string GpuMemoryPlan::table() const {
   };
   line("weights (fp16)", weights, "matrices fp16, RMSNorm weights fp32");
   line("KV cache", kv.total_bytes(),
-       fmt::format("{}: pages {}, sinks {}, window {}, bookkeeping {} ({} pages)", kv_format, format_bytes(kv.pool_bytes),
-                   format_bytes(kv.sink_bytes), format_bytes(kv.window_bytes), format_bytes(kv.bookkeeping_bytes),
-                   kv.pool_pages));
+       fmt::format("{}: pages {}, sinks {}, window {}, bookkeeping {} ({} pages)", kv_format,
+                   format_bytes(kv.pool_bytes), format_bytes(kv.sink_bytes), format_bytes(kv.window_bytes),
+                   format_bytes(kv.bookkeeping_bytes), kv.pool_pages));
   line("activations", activations.step_bytes, fmt::format("{} tokens per step", activations.max_tokens));
   line("prefill attention", activations.attention_bytes,
        fmt::format("fp16 K/V of {} tokens, scores of {} queries at a time", activations.max_context,
@@ -124,21 +124,21 @@ std::int64_t parse_bytes(std::string_view text) {
           "--mem-budget: \"" + original + "\" is not a size (e.g. 80GiB, 16GB, 512MiB, 1073741824)");
   std::string_view unit = text.substr(digits);
   while (!unit.empty() && std::isspace(static_cast<unsigned char>(unit.front()))) unit.remove_prefix(1);
+  struct Unit {
+    std::string_view name;
+    double scale;
+  };
+  constexpr Unit units[] = {{"", 1},         {"B", 1},    {"KiB", 0x1p10}, {"MiB", 0x1p20}, {"GiB", 0x1p30},
+                            {"TiB", 0x1p40}, {"KB", 1e3}, {"MB", 1e6},     {"GB", 1e9},     {"TB", 1e12}};
   double scale = 0;
-  if (unit.empty() || unit == "B") scale = 1;
-  else if (unit == "KiB") scale = 1024.0;
-  else if (unit == "MiB") scale = 1024.0 * 1024;
-  else if (unit == "GiB") scale = 1024.0 * 1024 * 1024;
-  else if (unit == "TiB") scale = 1024.0 * 1024 * 1024 * 1024;
-  else if (unit == "KB") scale = 1e3;
-  else if (unit == "MB") scale = 1e6;
-  else if (unit == "GB") scale = 1e9;
-  else if (unit == "TB") scale = 1e12;
+  for (const Unit& u : units)
+    if (unit == u.name) scale = u.scale;
   require(scale > 0, ErrorCode::invalid_argument,
           "--mem-budget: unknown unit \"" + std::string(unit) + "\" in \"" + original +
               "\" (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)");
   const double bytes = std::floor(value * scale);
-  require(bytes > 0 && bytes < 9.0e18, ErrorCode::invalid_argument, "--mem-budget: \"" + original + "\" is out of range");
+  require(bytes > 0 && bytes < 9.0e18, ErrorCode::invalid_argument,
+          "--mem-budget: \"" + original + "\" is out of range");
   return static_cast<std::int64_t>(bytes);
 }
 

@@ -1,11 +1,10 @@
-#include "runtime/gpu_weights.hpp"
-
 #include <cmath>
 #include <vector>
 
 #include "kvq/core/error.hpp"
 #include "kvq/cuda/error.cuh"
 #include "runtime/gpu_kernels.hpp"
+#include "runtime/gpu_weights.hpp"
 
 namespace kvq::llama::gpu {
 namespace {

@@ -29,7 +29,8 @@ template <class List, class Tier>
 struct AppendTier;
 template <class... Tiers, class Tier>
 struct AppendTier<LayerTiers<Tiers...>, Tier> {  // a cache's tiers are distinct types: append only a new one
-  using type = std::conditional_t<(std::is_same_v<Tiers, Tier> || ...), LayerTiers<Tiers...>, LayerTiers<Tiers..., Tier>>;
+  using type =
+      std::conditional_t<(std::is_same_v<Tiers, Tier> || ...), LayerTiers<Tiers...>, LayerTiers<Tiers..., Tier>>;
 };
 template <class List, class Tier>
 struct TierIndex;
@@ -55,9 +56,12 @@ constexpr int tier_of(LayerFormat format) {
   using Tiers = ExampleTiers<Preset>;
   constexpr int d = Preset::Tier::KeyPolicy::head_dim;
   switch (format) {
-    case LayerFormat::preset: return 0;
-    case LayerFormat::fp16: return detail::TierIndex<Tiers, typename presets::Fp16<d>::Tier>::value;
-    case LayerFormat::int8: return detail::TierIndex<Tiers, typename presets::Int8<d>::Tier>::value;
+    case LayerFormat::preset:
+      return 0;
+    case LayerFormat::fp16:
+      return detail::TierIndex<Tiers, typename presets::Fp16<d>::Tier>::value;
+    case LayerFormat::int8:
+      return detail::TierIndex<Tiers, typename presets::Int8<d>::Tier>::value;
   }
   return -1;
 }
@@ -130,7 +134,7 @@ KvCacheReport kv_cache_format(const std::vector<int>& layer_tier, int page_token
     if (layers_per_tier[static_cast<std::size_t>(tier)] == 0) continue;
     const std::string_view name = tier == tier_of<Preset>(LayerFormat::preset) ? Preset::name
                                   : tier == tier_of<Preset>(LayerFormat::fp16) ? std::string_view("fp16")
-                                                                                : std::string_view("int8");
+                                                                               : std::string_view("int8");
     report.format += (report.format.empty() ? "" : ", ") + std::string(name) + " x" +
                      std::to_string(layers_per_tier[static_cast<std::size_t>(tier)]);
   }

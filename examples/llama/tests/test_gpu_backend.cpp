@@ -54,7 +54,7 @@ std::size_t argmax(std::span<const float> logits) {
 }
 
 struct Comparison {
-  double worst = 0;      // largest relative L2 error over the steps
+  double worst = 0;  // largest relative L2 error over the steps
   int top1_agree = 0, steps = 0;
   bool first_decode_agrees = false;  // the top-1 token after the prompt
 };

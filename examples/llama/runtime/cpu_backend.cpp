@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <map>
 
 #include "kvq/cache/host_paged_cache.hpp"
 #include "kvq/host/decode_attention.hpp"
@@ -34,21 +33,9 @@ class CpuBackend final : public Backend {
   [[nodiscard]] std::int64_t position() const override { return cache_.sequences().sequence(0).length; }
 
   [[nodiscard]] KvCacheReport kv_cache() const override {
-    KvCacheReport report;
-    std::map<int, int> layers_per_tier;
-    for (int layer = 0; layer < model_.config.layers; ++layer) {
-      const int tier = cache_.storage(layer).tier;
-      ++layers_per_tier[tier];
-      report.bytes_per_token += Tiers::visit(tier, [&]<class Tier>() {
-        return TierPageLayout<Tier>::bytes_per_quantized_token(cache_.config().page_tokens, cache_.config().kv_heads);
-      });
-    }
-    for (const auto& [tier, layers] : layers_per_tier)
-      report.format += fmt::format("{}{} x{}", report.format.empty() ? "" : ", ",
-                                   tier == tier_of<Preset>(LayerFormat::preset) ? Preset::name
-                                   : tier == tier_of<Preset>(LayerFormat::fp16) ? "fp16"
-                                                                                 : "int8",
-                                   layers);
+    std::vector<int> layer_tier;
+    for (int layer = 0; layer < model_.config.layers; ++layer) layer_tier.push_back(cache_.storage(layer).tier);
+    KvCacheReport report = kv_cache_format<Preset>(layer_tier, cache_.config().page_tokens, cache_.config().kv_heads);
     report.allocated_bytes = cache_.memory().total_bytes();
     report.tokens = position();
     return report;
@@ -168,23 +155,10 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCacheOptions& options) {
-  const LlamaConfig& c = model.config;
-  CacheConfig config;
-  config.layers = c.layers;
-  config.kv_heads = c.kv_heads;
-  config.max_sequences = 1;
-  config.max_tokens_per_sequence = options.max_tokens;
-  config.page_tokens = options.page_tokens;
-  const KvLayout layout = kv_layout(c.layers, options.preset, options.layer_presets);
-  config.sink_tokens = std::max(options.sink_tokens, layout.settings.sink_tokens);
-  config.window_tokens = std::max(options.window_tokens, layout.settings.window_tokens);
-  config.key_position = layout.settings.key_position;
-  config.rope = c.rope;
-  return dispatch_kv_cache(c.head_dim, options.preset, [&]<class Preset, class Tiers>() -> std::unique_ptr<Backend> {
-    CacheConfig with_tiers = config;
-    for (const LayerFormat format : layout.layers) with_tiers.layer_tier.push_back(tier_of<Preset>(format));
-    return std::make_unique<CpuBackend<Preset, Tiers>>(model, with_tiers);
-  });
+  return dispatch_kv_cache(
+      model.config.head_dim, options.preset, [&]<class Preset, class Tiers>() -> std::unique_ptr<Backend> {
+        return std::make_unique<CpuBackend<Preset, Tiers>>(model, example_cache_config<Preset>(model.config, options));
+      });
 }
 
 }  // namespace kvq::llama

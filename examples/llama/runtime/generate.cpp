@@ -7,8 +7,10 @@
 
 namespace kvq::llama {
 
-GenerationResult generate(Backend& backend, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
-                          const GenerationOptions& options, const std::function<void(std::string_view)>& on_text) {
+namespace {
+
+GenerationResult run(Backend& backend, const Tokenizer* tokenizer, std::span<const TokenId> prompt,
+                     const GenerationOptions& options, const std::function<void(std::string_view)>& on_text) {
   require(!prompt.empty(), ErrorCode::invalid_argument, "generate: the prompt has no tokens");
   require(options.chunk_tokens > 0, ErrorCode::invalid_argument, "--chunk must be > 0");
   require(options.max_new_tokens >= 0, ErrorCode::invalid_argument, "--tokens must be >= 0");
@@ -35,8 +37,8 @@ GenerationResult generate(Backend& backend, const Tokenizer& tokenizer, std::spa
       break;
     }
     result.tokens.push_back(token);
-    if (on_text) {
-      const std::string text = tokenizer.decode(result.tokens, /*skip_special=*/true);
+    if (tokenizer != nullptr && on_text) {
+      const std::string text = tokenizer->decode(result.tokens, /*skip_special=*/true);
       const std::size_t complete = complete_utf8_prefix(text);
       if (complete > printed.size()) {
         on_text(std::string_view(text).substr(printed.size(), complete - printed.size()));
@@ -48,9 +50,21 @@ GenerationResult generate(Backend& backend, const Tokenizer& tokenizer, std::spa
     ++result.decode_steps;
   }
   result.decode_seconds = seconds(Clock::now() - decode_start);
-  result.text = tokenizer.decode(result.tokens, /*skip_special=*/true);
+  if (tokenizer == nullptr) return result;
+  result.text = tokenizer->decode(result.tokens, /*skip_special=*/true);
   if (on_text && result.text.size() > printed.size()) on_text(std::string_view(result.text).substr(printed.size()));
   return result;
+}
+
+}  // namespace
+
+GenerationResult generate(Backend& backend, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
+                          const GenerationOptions& options, const std::function<void(std::string_view)>& on_text) {
+  return run(backend, &tokenizer, prompt, options, on_text);
+}
+
+GenerationResult generate(Backend& backend, std::span<const TokenId> prompt, const GenerationOptions& options) {
+  return run(backend, nullptr, prompt, options, {});
 }
 
 }  // namespace kvq::llama

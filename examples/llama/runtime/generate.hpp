@@ -40,4 +40,7 @@ struct GenerationResult {
 GenerationResult generate(Backend& backend, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
                           const GenerationOptions& options, const std::function<void(std::string_view)>& on_text = {});
 
+// The same loop without a tokenizer (synthetic weights): token ids only, no text.
+GenerationResult generate(Backend& backend, std::span<const TokenId> prompt, const GenerationOptions& options);
+
 }  // namespace kvq::llama

@@ -7,13 +7,17 @@
 // cache's compile-time types) are what the rest of the example calls.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "kvq/cache/cache_config.hpp"
+#include "kvq/cache/page_layout.hpp"
 #include "kvq/cache/presets.hpp"
+#include "runtime/backend.hpp"
 
 namespace kvq::llama {
 
@@ -25,7 +29,8 @@ template <class List, class Tier>
 struct AppendTier;
 template <class... Tiers, class Tier>
 struct AppendTier<LayerTiers<Tiers...>, Tier> {  // a cache's tiers are distinct types: append only a new one
-  using type = std::conditional_t<(std::is_same_v<Tiers, Tier> || ...), LayerTiers<Tiers...>, LayerTiers<Tiers..., Tier>>;
+  using type =
+      std::conditional_t<(std::is_same_v<Tiers, Tier> || ...), LayerTiers<Tiers...>, LayerTiers<Tiers..., Tier>>;
 };
 template <class List, class Tier>
 struct TierIndex;
@@ -51,9 +56,12 @@ constexpr int tier_of(LayerFormat format) {
   using Tiers = ExampleTiers<Preset>;
   constexpr int d = Preset::Tier::KeyPolicy::head_dim;
   switch (format) {
-    case LayerFormat::preset: return 0;
-    case LayerFormat::fp16: return detail::TierIndex<Tiers, typename presets::Fp16<d>::Tier>::value;
-    case LayerFormat::int8: return detail::TierIndex<Tiers, typename presets::Int8<d>::Tier>::value;
+    case LayerFormat::preset:
+      return 0;
+    case LayerFormat::fp16:
+      return detail::TierIndex<Tiers, typename presets::Fp16<d>::Tier>::value;
+    case LayerFormat::int8:
+      return detail::TierIndex<Tiers, typename presets::Int8<d>::Tier>::value;
   }
   return -1;
 }
@@ -79,6 +87,58 @@ decltype(auto) dispatch_kv_cache(int head_dim, std::string_view preset, Visitor&
   return visit_preset(preset, head_dim, [&]<class Preset>() -> decltype(auto) {
     return visitor.template operator()<Preset, ExampleTiers<Preset>>();
   });
+}
+
+// The same for one compile-time head_dim, so that a translation unit instantiates the caches of one head_dim only
+// (the GPU backend compiles its two head_dims in separate files; nvcc is slow).
+template <int HeadDim, class Visitor>
+decltype(auto) dispatch_kv_cache_at(std::string_view preset, Visitor&& visitor) {
+  return BuiltinPresets<HeadDim>::visit(preset, [&]<class Preset>() -> decltype(auto) {
+    return visitor.template operator()<Preset, ExampleTiers<Preset>>();
+  });
+}
+
+// The cache of a run, the same for every backend: the model's layers, KV heads and RoPE, one sequence of
+// options.max_tokens, the preset's sinks, window and key position (at least the options' sinks and window), and
+// each layer's tier in ExampleTiers<Preset> from the --kv preset and the --kv-layer overrides.
+template <KVPreset Preset>
+CacheConfig example_cache_config(const LlamaConfig& c, const KvCacheOptions& options) {
+  const KvLayout layout = kv_layout(c.layers, options.preset, options.layer_presets);
+  CacheConfig config;
+  config.layers = c.layers;
+  config.kv_heads = c.kv_heads;
+  config.max_sequences = 1;
+  config.max_tokens_per_sequence = options.max_tokens;
+  config.page_tokens = options.page_tokens;
+  config.sink_tokens = std::max(options.sink_tokens, layout.settings.sink_tokens);
+  config.window_tokens = std::max(options.window_tokens, layout.settings.window_tokens);
+  config.key_position = layout.settings.key_position;
+  config.rope = c.rope;
+  for (const LayerFormat format : layout.layers) config.layer_tier.push_back(tier_of<Preset>(format));
+  return config;
+}
+
+// The format and the quantized bytes per token of a cache whose layer l has tier layer_tier[l] of
+// ExampleTiers<Preset> ("int8 x30", "q4_0 x28, fp16 x2"); allocated_bytes and tokens are the caller's.
+template <KVPreset Preset>
+KvCacheReport kv_cache_format(const std::vector<int>& layer_tier, int page_tokens, int kv_heads) {
+  using Tiers = ExampleTiers<Preset>;
+  KvCacheReport report;
+  std::vector<int> layers_per_tier(Tiers::count, 0);
+  for (const int tier : layer_tier) {
+    ++layers_per_tier[static_cast<std::size_t>(tier)];
+    report.bytes_per_token += Tiers::visit(
+        tier, [&]<class Tier>() { return TierPageLayout<Tier>::bytes_per_quantized_token(page_tokens, kv_heads); });
+  }
+  for (int tier = 0; tier < Tiers::count; ++tier) {
+    if (layers_per_tier[static_cast<std::size_t>(tier)] == 0) continue;
+    const std::string_view name = tier == tier_of<Preset>(LayerFormat::preset) ? Preset::name
+                                  : tier == tier_of<Preset>(LayerFormat::fp16) ? std::string_view("fp16")
+                                                                               : std::string_view("int8");
+    report.format += (report.format.empty() ? "" : ", ") + std::string(name) + " x" +
+                     std::to_string(layers_per_tier[static_cast<std::size_t>(tier)]);
+  }
+  return report;
 }
 
 }  // namespace kvq::llama

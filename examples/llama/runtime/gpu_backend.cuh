@@ -1,19 +1,11 @@
 // The GPU backend for one KV preset and head_dim (gpu_backend.hpp describes a step). Included by
 // gpu_backend_64.cu and gpu_backend_128.cu only, each instantiating the presets of its head_dim.
 //
-// Prefill attention -- the switch to kvq's prefill kernel. attend_chunk() is the one place that computes
-// attention. One query token takes kvq::cuda::decode_attention_async. A chunk of several tokens takes, until
-// include/kvq/cuda/prefill_attention.cuh exists on this branch, an interim path: the layer's tokens [0, first +
-// count) read back with kvq::cuda::dequantize_range_async (what attention sees: dequantized, RoPE'd) and causal
-// attention as cuBLAS products (fp16 operands, fp32 accumulation) with a softmax kernel between them, over query
-// blocks whose scores fit the scratch (gpu_memory.hpp). Token-by-token decode steps, the other correct stand-in,
-// would run a 32K-token prefill of an 8B model as 32K weight-bound steps (minutes). When the kernel lands, the
-// count > 1 branch becomes
-//   kvq::cuda::prefill_attention_async(cache_, layer, PrefillShape{1, q_heads, kv_heads, head_dim, max_tokens},
-//                                      AttentionParams{}, query, attention, keys, values, sequence, chunk_starts,
-//                                      stream_);
-// with chunk_starts = {0, count} in device memory, and the dequantized context, scores and probabilities leave
-// activation_layout() (their bytes leave the memory plan with them).
+// Attention: attend_chunk() is the one place that computes it. One query token takes
+// kvq::cuda::decode_attention_async; a chunk of several takes kvq::cuda::prefill_attention_async, which reads the
+// cache in tiles (no fp16 copy of the context, no score matrix: the step buffers do not grow with the context).
+// The chunk is read back from the cache as stored, as the CPU backend's prefill does (runtime/prefill_attention.hpp),
+// so the two backends attend to the same tokens.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,9 +21,9 @@
 #include <vector>
 
 #include "kvq/cuda/decode_attention.cuh"
-#include "kvq/cuda/dequantize_range.cuh"
 #include "kvq/cuda/error.cuh"
 #include "kvq/cuda/paged_cache.cuh"
+#include "kvq/cuda/prefill_attention.cuh"
 #include "kvq/planner/memory_plan.hpp"
 #include "runtime/gpu_backend.hpp"
 #include "runtime/gpu_backend_at.hpp"
@@ -154,7 +146,7 @@ class GpuBackendImpl final : public GpuBackend {
         plan_(plan),
         used_at_start_(device_used_bytes(&device_total_)),
         cache_(cache_config, std::numeric_limits<std::int64_t>::max()),
-        host_ids_(plan.activations.max_tokens),
+        host_ids_(plan.activations.max_tokens + 2),
         host_logits_(config.vocabulary) {
     peak_used_ = used_at_start_;
     const cudaStream_t stream = stream_.get();
@@ -206,8 +198,8 @@ class GpuBackendImpl final : public GpuBackend {
     cuda::check(cudaGetDevice(&device), "cudaGetDevice");
     cuda::check(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
     return std::string("gpu (") + properties.name +
-           "; cuBLAS fp16 products, fp32 accumulation; kvq::cuda::PagedKVCache; kvq decode attention; prefill "
-           "attention: cuBLAS over dequantize_range, interim until kvq's prefill kernel)";
+           "; cuBLAS fp16 products, fp32 accumulation; kvq::cuda::PagedKVCache; kvq decode and prefill "
+           "attention)";
   }
   [[nodiscard]] std::int64_t position() const override { return cache_.sequences().sequence(0).length; }
 
@@ -256,6 +248,12 @@ class GpuBackendImpl final : public GpuBackend {
     cuda::check(cudaMemcpyAsync(buffer<std::int32_t>(a.token_ids), host_ids_.get(), static_cast<std::size_t>(count) * 4,
                                 cudaMemcpyHostToDevice, stream),
                 "GPU backend: upload token ids");
+    // The chunk's rows [0, count) for prefill attention, after the ids in the same pinned buffer.
+    std::int32_t* starts = host_ids_.get() + a.max_tokens;
+    starts[0] = 0;
+    starts[1] = static_cast<std::int32_t>(count);
+    cuda::check(cudaMemcpyAsync(buffer<std::int32_t>(a.chunk_starts), starts, 8, cudaMemcpyHostToDevice, stream),
+                "GPU backend: upload the chunk bounds");
 
     const int sequence = 0;
     const AppendPlan append = cache_.reserve({&sequence, 1}, {&count, 1}, stream);
@@ -315,12 +313,11 @@ class GpuBackendImpl final : public GpuBackend {
     rms_norm(hidden, weight<float>(w.attention_norm), count, c.hidden, c.rms_epsilon, normed, stream);
     blas_->project(weight<f16>(w.qkv), q_width + 2 * kv_width, c.hidden, normed, count, buffer<float>(a.qkv), 0.0f);
     split_qkv<head_dim>(buffer<float>(a.qkv), count, c.q_heads, c.kv_heads, first, cache_.rope_table(),
-                        cache_.config().rope.style, buffer<float>(a.query),
-                        count > 1 ? buffer<f16>(a.query_half) : nullptr, buffer<f16>(a.keys), buffer<f16>(a.values),
+                        cache_.config().rope.style, buffer<float>(a.query), buffer<f16>(a.keys), buffer<f16>(a.values),
                         stream);
     cache_.template write<f16>(append, layer, buffer<f16>(a.keys), buffer<f16>(a.values), stream);
     ++written;
-    attend_chunk(layer, first, count);
+    attend_chunk(layer, count);
     blas_->project(weight<f16>(w.output), c.hidden, q_width, buffer<f16>(a.attention), count, hidden, 1.0f);
 
     rms_norm(hidden, weight<float>(w.ffn_norm), count, c.hidden, c.rms_epsilon, normed, stream);
@@ -331,9 +328,8 @@ class GpuBackendImpl final : public GpuBackend {
   }
 
   // Attention of the `count` queries at positions [first, first + count) (buffer query, RoPE applied) over the
-  // layer's cache, which already holds them; out: buffer attention, fp16 [count][q_heads][d]. The header comment
-  // says where kvq's prefill kernel goes.
-  void attend_chunk(int layer, std::int64_t first, std::int64_t count) {
+  // layer's cache, which already holds them; out: buffer attention, fp16 [count][q_heads][d].
+  void attend_chunk(int layer, std::int64_t count) {
     const LlamaConfig& c = config_;
     const ActivationLayout& a = plan_.activations;
     const cudaStream_t stream = stream_.get();
@@ -345,21 +341,10 @@ class GpuBackendImpl final : public GpuBackend {
                                    stream);
       return;
     }
-    // Interim prefill attention (see the header comment).
-    const std::int64_t length = first + count, q_width = std::int64_t{c.q_heads} * head_dim;
-    f16* keys = buffer<f16>(a.context_keys);
-    f16* values = buffer<f16>(a.context_values);
-    cuda::dequantize_range_async(cache_, layer, 0, 0, length, keys, values, cuda::KeyOutput::attention, stream);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-    for (std::int64_t begin = 0; begin < count; begin += a.query_block) {
-      const std::int64_t queries = std::min(a.query_block, count - begin);
-      blas_->attention_scores(buffer<f16>(a.query_half) + begin * q_width, keys, c.q_heads, c.kv_heads, head_dim,
-                              queries, length, scale, buffer<float>(a.scores));
-      causal_softmax(buffer<float>(a.scores), c.q_heads, queries, length, first + begin, buffer<f16>(a.probabilities),
-                     stream);
-      blas_->attention_values(buffer<f16>(a.probabilities), values, c.q_heads, c.kv_heads, head_dim, queries, length,
-                              buffer<f16>(a.attention) + begin * q_width);
-    }
+    cuda::prefill_attention_async(cache_, layer, PrefillShape{1, c.q_heads, c.kv_heads, head_dim, count},
+                                  AttentionParams{}, buffer<float>(a.query), buffer<f16>(a.attention),
+                                  static_cast<const f16*>(nullptr), static_cast<const f16*>(nullptr),
+                                  buffer<std::int32_t>(a.sequence), buffer<std::int32_t>(a.chunk_starts), stream);
   }
 
   LlamaConfig config_;

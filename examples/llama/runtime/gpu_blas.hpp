@@ -23,15 +23,6 @@ class Blas {
   void project(const f16* weight, std::int64_t rows, std::int64_t columns, const f16* in, std::int64_t tokens,
                float* out, float beta) const;
 
-  // Prefill attention, one query head of every KV head per call (`group` calls cover GQA), over `length` context
-  // tokens: scores[h][i][l] = scale * q[i][h] . k[l][h / group] for queries i < queries (fp32 out), and
-  // out[i][h] = sum_l p[h][i][l] v[l][h / group] (fp16 out). query/out rows are [queries][q_heads][d], keys/values
-  // [length][kv_heads][d], scores/probabilities [q_heads][queries][length].
-  void attention_scores(const f16* query, const f16* keys, int q_heads, int kv_heads, int head_dim,
-                        std::int64_t queries, std::int64_t length, float scale, float* scores) const;
-  void attention_values(const f16* probabilities, const f16* values, int q_heads, int kv_heads, int head_dim,
-                        std::int64_t queries, std::int64_t length, f16* out) const;
-
  private:
   void* handle_ = nullptr;  // cublasHandle_t, kept out of this header
 };

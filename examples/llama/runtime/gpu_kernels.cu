@@ -26,17 +26,6 @@ __device__ T block_sum(T value, T* shared) {
   return total;
 }
 
-__device__ float block_max(float value, float* shared) {
-  for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) shared[warp] = value;
-  __syncthreads();
-  float result = shared[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) result = fmaxf(result, shared[w]);
-  return result;
-}
-
 __global__ void embed_kernel(const std::int32_t* ids, const f16* embedding, std::int64_t tokens, int width,
                              float* hidden) {
   const std::int64_t items = tokens * width;
@@ -60,8 +49,7 @@ __global__ void rms_norm_kernel(const float* in, const float* weight, int width,
 
 template <int HeadDim>
 __global__ void split_qkv_kernel(const float* qkv, std::int64_t tokens, int q_heads, int kv_heads, std::int64_t first,
-                                 RopeTable<HeadDim> rope, RopeStyle style, float* query, f16* query_half, f16* keys,
-                                 f16* values) {
+                                 RopeTable<HeadDim> rope, RopeStyle style, float* query, f16* keys, f16* values) {
   const int row = (q_heads + 2 * kv_heads) * HeadDim;
   const std::int64_t items = tokens * row;
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < items;
@@ -73,7 +61,6 @@ __global__ void split_qkv_kernel(const float* qkv, std::int64_t tokens, int q_he
       const float partner = qkv[i - channel + kvq::cuda::detail::rope_partner<HeadDim>(channel, style)];
       const float rotated = kvq::cuda::detail::rope_channel<HeadDim>(x, partner, channel, first + t, rope, style);
       query[t * q_heads * HeadDim + column] = rotated;
-      if (query_half != nullptr) query_half[t * q_heads * HeadDim + column] = to_f16(rotated);
     } else if (head < q_heads + kv_heads) {
       keys[(t * kv_heads + head - q_heads) * HeadDim + channel] = to_f16(x);
     } else {
@@ -90,24 +77,6 @@ __global__ void swiglu_kernel(const float* gate_up, std::int64_t tokens, int ffn
     const float gate = gate_up[t * 2 * ffn + column], up = gate_up[t * 2 * ffn + ffn + column];
     out[i] = to_f16(gate / (1.0f + expf(-gate)) * up);
   }
-}
-
-__global__ void causal_softmax_kernel(const float* scores, std::int64_t queries, std::int64_t length,
-                                      std::int64_t first_position, f16* probabilities) {
-  __shared__ float shared[row_threads / 32];
-  const std::int64_t r = blockIdx.x;
-  const float* row = scores + r * length;
-  f16* out = probabilities + r * length;
-  const std::int64_t causal = first_position + r % queries + 1, visible = causal < length ? causal : length;
-  float top = -INFINITY;
-  for (std::int64_t i = threadIdx.x; i < visible; i += blockDim.x) top = fmaxf(top, row[i]);
-  top = block_max(top, shared);
-  float total = 0;
-  for (std::int64_t i = threadIdx.x; i < visible; i += blockDim.x) total += expf(row[i] - top);
-  total = block_sum(total, shared);
-  const float inverse = 1.0f / total;
-  for (std::int64_t i = threadIdx.x; i < length; i += blockDim.x)
-    out[i] = to_f16(i < visible ? expf(row[i] - top) * inverse : 0.0f);
 }
 
 __device__ std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
@@ -147,27 +116,20 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
 
 template <int HeadDim>
 void split_qkv(const float* qkv, std::int64_t tokens, int q_heads, int kv_heads, std::int64_t first,
-               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* query_half, f16* keys, f16* values,
+               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* keys, f16* values,
                cudaStream_t stream) {
   split_qkv_kernel<HeadDim><<<grid_for(tokens * (q_heads + 2 * kv_heads) * HeadDim, 256), 256, 0, stream>>>(
-      qkv, tokens, q_heads, kv_heads, first, rope, style, query, query_half, keys, values);
+      qkv, tokens, q_heads, kv_heads, first, rope, style, query, keys, values);
   cuda::check_launch("GPU backend: q/k/v split and RoPE");
 }
 template void split_qkv<64>(const float*, std::int64_t, int, int, std::int64_t, const RopeTable<64>&, RopeStyle, float*,
-                            f16*, f16*, f16*, cudaStream_t);
+                            f16*, f16*, cudaStream_t);
 template void split_qkv<128>(const float*, std::int64_t, int, int, std::int64_t, const RopeTable<128>&, RopeStyle,
-                             float*, f16*, f16*, f16*, cudaStream_t);
+                             float*, f16*, f16*, cudaStream_t);
 
 void swiglu(const float* gate_up, std::int64_t tokens, int ffn, f16* out, cudaStream_t stream) {
   swiglu_kernel<<<grid_for(tokens * ffn, 256), 256, 0, stream>>>(gate_up, tokens, ffn, out);
   cuda::check_launch("GPU backend: SwiGLU");
-}
-
-void causal_softmax(const float* scores, std::int64_t heads, std::int64_t queries, std::int64_t length,
-                    std::int64_t first_position, f16* probabilities, cudaStream_t stream) {
-  causal_softmax_kernel<<<static_cast<unsigned>(heads * queries), row_threads, 0, stream>>>(
-      scores, queries, length, first_position, probabilities);
-  cuda::check_launch("GPU backend: causal softmax");
 }
 
 void fill_uniform(f16* out, std::int64_t count, std::uint64_t seed, float scale, cudaStream_t stream) {

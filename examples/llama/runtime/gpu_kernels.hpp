@@ -23,20 +23,13 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
 // Splits the fused q/k/v product qkv[t] = [q heads | kv heads | kv heads] x head_dim: queries get RoPE for their
 // position first + t (kvq's rope_channel with the cache's table, so bit-identical to kvq::apply_rope), keys and
 // values are rounded to fp16 as the cache takes them (it rotates keys itself, as the CPU backend relies on).
-// query_half (may be null) gets the rotated queries in fp16 too, for the prefill score product.
 template <int HeadDim>
 void split_qkv(const float* qkv, std::int64_t tokens, int q_heads, int kv_heads, std::int64_t first,
-               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* query_half, f16* keys, f16* values,
+               const RopeTable<HeadDim>& rope, RopeStyle style, float* query, f16* keys, f16* values,
                cudaStream_t stream);
 
 // out[t][i] = silu(gate_up[t][i]) * gate_up[t][ffn + i], rounded to fp16.
 void swiglu(const float* gate_up, std::int64_t tokens, int ffn, f16* out, cudaStream_t stream);
-
-// Causal softmax of prefill scores: rows [heads][queries] of `length` scores (row stride `length`) for queries at
-// positions first + query0 + i; query at position p sees keys [0, p]. probabilities = softmax, 0 past the mask,
-// in fp16 (the operand of the next product).
-void causal_softmax(const float* scores, std::int64_t heads, std::int64_t queries, std::int64_t length,
-                    std::int64_t first_position, f16* probabilities, cudaStream_t stream);
 
 // Seeded uniform values in [-scale, scale] (a counter-based hash of seed and index, so any size is generated on
 // the device and the same seed gives the same tensor), and constant fills.

@@ -24,8 +24,6 @@ struct Carver {
   }
 };
 
-constexpr std::int64_t score_budget = std::int64_t{512} << 20;
-
 }  // namespace
 
 ActivationLayout activation_layout(const LlamaConfig& c, std::int64_t max_tokens, std::int64_t max_context) {
@@ -35,8 +33,6 @@ ActivationLayout activation_layout(const LlamaConfig& c, std::int64_t max_tokens
   a.max_tokens = max_tokens;
   a.max_context = max_context;
   const std::int64_t t = max_tokens, d = c.head_dim, q = c.q_heads * d, kv = c.kv_heads * d;
-  const std::int64_t score_row = std::int64_t{c.q_heads} * max_context * 4;
-  a.query_block = std::clamp<std::int64_t>(score_budget / score_row, 1, max_tokens);
   Carver carve;
   a.hidden = carve.take(t * c.hidden * 4);
   a.qkv = carve.take(t * (q + 2 * kv) * 4);
@@ -50,16 +46,8 @@ ActivationLayout activation_layout(const LlamaConfig& c, std::int64_t max_tokens
   a.mlp = carve.take(t * c.ffn * 2);
   a.token_ids = carve.take(t * 4);
   a.sequence = carve.take(4);
+  a.chunk_starts = carve.take(8);
   a.step_bytes = carve.offset;
-  // One token per step never needs the prefill scratch.
-  if (max_tokens > 1) {
-    a.query_half = carve.take(t * q * 2);
-    a.context_keys = carve.take(max_context * kv * 2);
-    a.context_values = carve.take(max_context * kv * 2);
-    a.scores = carve.take(a.query_block * score_row);
-    a.probabilities = carve.take(a.query_block * score_row / 2);
-  }
-  a.attention_bytes = carve.offset - a.step_bytes;
   return a;
 }
 
@@ -101,10 +89,9 @@ std::string GpuMemoryPlan::table() const {
        fmt::format("{}: pages {}, sinks {}, window {}, bookkeeping {} ({} pages)", kv_format,
                    format_bytes(kv.pool_bytes), format_bytes(kv.sink_bytes), format_bytes(kv.window_bytes),
                    format_bytes(kv.bookkeeping_bytes), kv.pool_pages));
-  line("activations", activations.step_bytes, fmt::format("{} tokens per step", activations.max_tokens));
-  line("prefill attention", activations.attention_bytes,
-       fmt::format("fp16 K/V of {} tokens, scores of {} queries at a time", activations.max_context,
-                   activations.query_block));
+  line("activations", activations.step_bytes,
+       fmt::format("{} tokens per step; prefill attention reads the cache in tiles (no scratch)",
+                   activations.max_tokens));
   line("decode workspace", decode_workspace, "split-KV partials (most splits a plan can take)");
   line("cuBLAS workspace", cublas_workspace, "cublasSetWorkspace");
   line("CUDA context", cuda_context, "estimate (driver, context, cuBLAS handle)");

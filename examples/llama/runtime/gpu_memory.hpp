@@ -17,24 +17,22 @@ namespace kvq::llama {
 struct ActivationLayout {
   std::int64_t max_tokens = 0;   // tokens one forward() takes
   std::int64_t max_context = 0;  // tokens the sequence can hold
-  std::int64_t query_block = 0;  // prefill queries whose scores are held at once (interim prefill attention)
   // fp32: hidden [tokens][hidden] (residual stream), qkv [tokens][(q + 2 kv) * d], query [tokens][q][d],
-  //       gate_up [tokens][2 ffn], logits [vocabulary], scores [query_block][q][context]
+  //       gate_up [tokens][2 ffn], logits [vocabulary]
   // fp16: normed [tokens][hidden], keys and values [tokens][kv][d], attention [tokens][q][d], mlp [tokens][ffn],
   //       query_half [tokens][q][d] (prefill: the queries as the score product's operand),
   //       context keys and values [context][kv][d], probabilities [query_block][q][context]
-  // int32: token ids [tokens], the sequence slot [1]
-  std::int64_t hidden = 0, qkv = 0, query = 0, gate_up = 0, logits = 0, scores = 0;
-  std::int64_t normed = 0, query_half = 0, keys = 0, values = 0, attention = 0, mlp = 0, context_keys = 0,
-               context_values = 0, probabilities = 0;
-  std::int64_t token_ids = 0, sequence = 0;
-  std::int64_t step_bytes = 0;       // everything up to the prefill-attention scratch
-  std::int64_t attention_bytes = 0;  // context keys/values, scores, probabilities
-  [[nodiscard]] std::int64_t total_bytes() const { return step_bytes + attention_bytes; }
+  // int32: token ids [tokens], the sequence slot [1], the chunk's start and end [2] (prefill attention)
+  std::int64_t hidden = 0, qkv = 0, query = 0, gate_up = 0, logits = 0;
+  std::int64_t normed = 0, keys = 0, values = 0, attention = 0, mlp = 0;
+  std::int64_t token_ids = 0, sequence = 0, chunk_starts = 0;
+  // Prefill attention (kvq::cuda::prefill_attention_async) reads the cache in tiles and needs no scratch, so
+  // nothing here grows with the context.
+  std::int64_t step_bytes = 0;
+  [[nodiscard]] std::int64_t total_bytes() const { return step_bytes; }
 };
 
-// `max_tokens` per step, a sequence of `max_context` tokens. Scores are held for as many queries of a chunk as
-// fit in 512 MiB (at least one), the rest of the chunk in further passes.
+// `max_tokens` per step, a sequence of `max_context` tokens.
 ActivationLayout activation_layout(const LlamaConfig& config, std::int64_t max_tokens, std::int64_t max_context);
 
 // The weights on the device, carved out of one allocation the same way: fp16 matrices, row-major [outputs][inputs]

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gnuplot.hpp"
 #include "kvq/planner/hf_config.hpp"
 #include "kvq/planner/memory_plan.hpp"
 #include "kvq/planner/model_presets.hpp"
@@ -288,17 +289,7 @@ void print_list() {
 
 // ---- the plot -----------------------------------------------------------------------------------------------------
 
-std::string shell_quoted(const std::string& text) {
-  std::string result = "'";
-  for (char c : text) result += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return result + "'";
-}
-
-std::string gnuplot_quoted(const std::string& text) {
-  std::string result = "\"";
-  for (char c : text) result += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
-  return result + "\"";
-}
+using examples::gnuplot_quoted;
 
 void write_plot(const Options& o) {
   namespace fs = std::filesystem;
@@ -379,19 +370,7 @@ void write_plot(const Options& o) {
                       gnuplot_quoted(data.string()), i, o.plot_presets.size() + 2);
   }
   gp += "unset multiplot\n";
-  {
-    std::ofstream out(script);
-    if (!out) throw Error(ErrorCode::io_error, fmt::format("--plot: cannot write {}", script.string()));
-    out << gp;
-  }
-  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0)
-    throw Error(ErrorCode::io_error,
-                fmt::format("--plot: gnuplot is not on the PATH (Debian: apt-get install gnuplot-nox); the data and "
-                            "script are written: {} and {}",
-                            data.string(), script.string()));
-  const std::string command = "gnuplot " + shell_quoted(script.string());
-  if (std::system(command.c_str()) != 0)
-    throw Error(ErrorCode::io_error, fmt::format("--plot: `{}` failed", command));
+  examples::run_gnuplot("--plot", script, gp, data);
   fmt::print("wrote {} (data {}, script {})\n", png.string(), data.string(), script.string());
 }
 

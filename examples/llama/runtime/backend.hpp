@@ -7,6 +7,7 @@
 // returning this interface, built only when CUDA is enabled. Nothing above this file changes.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -14,7 +15,9 @@
 #include <utility>
 #include <vector>
 
+#include "kvq/core/error.hpp"
 #include "model/llama_model.hpp"
+#include "runtime/kv_calibration.hpp"
 
 namespace kvq::llama {
 
@@ -25,6 +28,9 @@ struct KvCacheOptions {
   int page_tokens = 256;
   int sink_tokens = 0;    // first tokens kept in fp16, at least (the presets may ask for more)
   int window_tokens = 0;  // most recent tokens kept in fp16, at least (the presets may ask for more)
+  // Calibrated codebooks for a preset that takes them (nuq*), instead of its calibration-free defaults; null = the
+  // defaults. Shared because the cache's parameters point into it.
+  std::shared_ptr<const KvCalibration> calibration;
 };
 
 struct KvCacheReport {
@@ -42,6 +48,20 @@ class Backend {
   // values to the cache, and returns the logits of the last one (valid until the next call). The caller chunks
   // long prompts; a chunk attends to every token before it and causally within itself.
   virtual std::span<const float> forward(std::span<const TokenId> tokens) = 0;
+  // The same step, with the logits of EVERY token: logits[i * vocabulary + j] is token j's logit after tokens[i]
+  // (logits.size() = tokens.size() * vocabulary). This default runs the tokens one at a time through forward(), i.e.
+  // token-by-token decode, the exact semantics of a cache (sinks, window and group flushes as each token arrives);
+  // a backend that scores a whole chunk at once overrides it and documents how a chunk sees the cache.
+  virtual void forward_logits(std::span<const TokenId> tokens, std::span<float> logits) {
+    std::size_t offset = 0;
+    for (const TokenId& token : tokens) {
+      const std::span<const float> row = forward({&token, 1});
+      require(logits.size() == tokens.size() * row.size(), ErrorCode::invalid_argument,
+              "forward_logits: the output must hold tokens x vocabulary floats");
+      std::copy(row.begin(), row.end(), logits.begin() + static_cast<std::ptrdiff_t>(offset));
+      offset += row.size();
+    }
+  }
   [[nodiscard]] virtual std::int64_t position() const = 0;  // tokens in the cache
   [[nodiscard]] virtual KvCacheReport kv_cache() const = 0;
   virtual void reset() = 0;  // empties the sequence

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
+#include <optional>
 
 #include "kvq/cache/host_paged_cache.hpp"
 #include "kvq/host/decode_attention.hpp"
@@ -14,19 +16,51 @@
 namespace kvq::llama {
 namespace {
 
+// A codebook preset's parameters with layer `layer`'s calibrated centroids (pointers into `calibration`); a preset
+// without codebooks cannot take a calibration (kvq::Error rather than silently running the defaults).
+template <KVPreset Preset>
+TierParams<typename Preset::Tier> calibrated_params(TierParams<typename Preset::Tier> params,
+                                                    const KvCalibration& calibration, int layer,
+                                                    const LlamaConfig& config) {
+  if constexpr (requires { params.key.inner.centroids; params.value.inner.centroids; }) {
+    using Key = typename Preset::Tier::KeyPolicy::InnerPolicy;
+    using Value = typename Preset::Tier::ValuePolicy::InnerPolicy;
+    static_assert(Key::centroid_count == Value::centroid_count, "kvq_llama: key and value codebooks of one size");
+    int bits = 0;
+    while ((1 << bits) < Key::centroid_count) ++bits;
+    const auto& layers = calibration.codebooks_for(bits, config.layers, config.head_dim, std::string(Preset::name));
+    const LayerCodebooks& codebooks = layers[static_cast<std::size_t>(layer)];
+    params.key.inner.centroids = codebooks.key.data();
+    params.value.inner.centroids = codebooks.value.data();
+    return params;
+  } else {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("KV preset {} has no codebooks to calibrate (only the nuq presets take a calibration file)",
+                            Preset::name));
+  }
+}
+
 template <KVPreset Preset, class Tiers>
 class CpuBackend final : public Backend {
  public:
   static constexpr int head_dim = Tiers::head_dim;
 
-  CpuBackend(const LlamaModel& model, const CacheConfig& cache_config)
-      : model_(model), cache_(cache_config, std::numeric_limits<std::int64_t>::max()) {
+  CpuBackend(const LlamaModel& model, const CacheConfig& cache_config,
+             std::shared_ptr<const KvCalibration> calibration, KvObserver observer)
+      : model_(model),
+        cache_(cache_config, std::numeric_limits<std::int64_t>::max()),
+        calibration_(std::move(calibration)),
+        observer_(std::move(observer)) {
     logits_.resize(static_cast<std::size_t>(model.config.vocabulary));
-    // The preset's layers get its calibration-free parameters (codebooks, rotation seed); fp16 and int8 have none.
-    const TierParams<typename Preset::Tier> params = Preset::default_params();
+    // The preset's layers get its calibration-free parameters (codebooks, rotation seed), or the calibrated
+    // codebooks of their layer; fp16 and int8 have none.
+    const TierParams<typename Preset::Tier> defaults = Preset::default_params();
     for (int layer = 0; layer < cache_config.layers; ++layer)
-      if (cache_.storage(layer).tier == tier_of<Preset>(LayerFormat::preset))
+      if (cache_.storage(layer).tier == tier_of<Preset>(LayerFormat::preset)) {
+        const TierParams<typename Preset::Tier> params =
+            calibration_ ? calibrated_params<Preset>(defaults, *calibration_, layer, model.config) : defaults;
         cache_.template set_params<typename Preset::Tier>(layer, params.key, params.value);
+      }
   }
 
   [[nodiscard]] std::string name() const override { return "cpu (OpenBLAS, kvq host cache and host attention)"; }
@@ -44,6 +78,61 @@ class CpuBackend final : public Backend {
   void reset() override { cache_.reset(0); }
 
   std::span<const float> forward(std::span<const TokenId> tokens) override {
+    run(tokens);
+    const LlamaConfig& c = model_.config;
+    const float* last = hidden_.data() + (static_cast<std::int64_t>(tokens.size()) - 1) * c.hidden;
+    rms_norm(last, model_.weights.output_norm.data(), 1, c.hidden, c.rms_epsilon, normed_.data());
+    project(model_.weights.logits_matrix(), normed_.data(), 1, logits_.data());
+    return logits_;
+  }
+
+  // One token is decode (forward()); more are chunks cut where decode semantics need it (exact_step).
+  void forward_logits(std::span<const TokenId> tokens, std::span<float> logits) override {
+    const LlamaConfig& c = model_.config;
+    require(logits.size() == tokens.size() * static_cast<std::size_t>(c.vocabulary), ErrorCode::invalid_argument,
+            "forward_logits: the output must hold tokens x vocabulary floats");
+    if (tokens.size() == 1) {
+      const std::span<const float> row = forward(tokens);
+      std::copy(row.begin(), row.end(), logits.begin());
+      return;
+    }
+    // Steps that end where the cache would flush: every query then sees the cache exactly as in token-by-token
+    // decode (cpu_backend.hpp), at the speed of chunks.
+    for (std::size_t begin = 0; begin < tokens.size();) {
+      const std::size_t size = exact_step(tokens.size() - begin);
+      run(tokens.subspan(begin, size));
+      const auto count = static_cast<std::int64_t>(size);
+      rms_norm(hidden_.data(), model_.weights.output_norm.data(), count, c.hidden, c.rms_epsilon, normed_.data());
+      project(model_.weights.logits_matrix(), normed_.data(), count,
+              logits.data() + begin * static_cast<std::size_t>(c.vocabulary));
+      begin += size;
+    }
+  }
+
+ private:
+  // The longest step (at most `limit` tokens) from the current position in which every query sees the tokens before
+  // it stored as token-by-token decode would have them. Query t of a step reads the cache as it is after the whole
+  // step; decode read it after token t. The two differ only if the step flushes tokens <= t out of the fp16
+  // sinks/window into pages after t arrived: so once a query has fp16 window tokens behind it, the step ends before
+  // the next token that would move the quantized count. Per-token presets without a window quantize each token as
+  // it arrives and never end a step early.
+  [[nodiscard]] std::size_t exact_step(std::size_t limit) const {
+    const SequenceGeometry& geometry = cache_.sequences().geometry();
+    const auto& sequence = cache_.sequences().sequence(0);
+    std::optional<std::int64_t> required;  // the quantized count every later token of the step must keep
+    std::size_t size = 0;
+    for (; size < limit; ++size) {
+      const std::int64_t length = sequence.length + static_cast<std::int64_t>(size) + 1;  // after this token
+      const std::int64_t quantized = geometry.quantized_after(length, sequence.quantized);
+      if (required && quantized != *required) break;
+      const bool window_behind = geometry.sink_tokens + quantized < length;  // fp16 window tokens this query reads
+      if (window_behind && !required) required = quantized;
+    }
+    return std::max<std::size_t>(size, 1);
+  }
+
+  // The layers of one step: afterwards the cache holds the tokens and hidden_ their final hidden states.
+  void run(std::span<const TokenId> tokens) {
     const LlamaConfig& c = model_.config;
     const auto count = static_cast<std::int64_t>(tokens.size());
     require(count > 0, ErrorCode::invalid_argument, "forward: no tokens");
@@ -78,13 +167,8 @@ class CpuBackend final : public Backend {
       cache_.truncate(0, first);
       throw;
     }
-    const float* last = hidden_.data() + (count - 1) * c.hidden;
-    rms_norm(last, model_.weights.output_norm.data(), 1, c.hidden, c.rms_epsilon, normed_.data());
-    project(model_.weights.logits_matrix(), normed_.data(), 1, logits_.data());
-    return logits_;
   }
 
- private:
   void resize(std::int64_t count) {
     const LlamaConfig& c = model_.config;
     const auto rows = static_cast<std::size_t>(count);
@@ -114,6 +198,7 @@ class CpuBackend final : public Backend {
     project(w.query, normed_.data(), count, query_.data());
     project(w.key, normed_.data(), count, key_.data());
     project(w.value, normed_.data(), count, value_.data());
+    if (observer_) observer_(layer, first, count, query_.data(), key_.data(), value_.data());
     for (std::int64_t t = 0; t < count; ++t)
       for (int head = 0; head < c.q_heads; ++head)
         apply_rope<head_dim>(query_.data() + (t * c.q_heads + head) * head_dim, first + t, cache_.rope_table(),
@@ -148,6 +233,8 @@ class CpuBackend final : public Backend {
 
   const LlamaModel& model_;
   HostPagedKVCache<Tiers> cache_;
+  std::shared_ptr<const KvCalibration> calibration_;  // the cache's codebook parameters point into it
+  KvObserver observer_;
   std::vector<float> hidden_, normed_, projected_, query_, attention_, key_, value_, gate_, up_, logits_;
   std::vector<double> decoded_;
 };
@@ -155,9 +242,14 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCacheOptions& options) {
+  return make_cpu_backend(model, options, KvObserver{});
+}
+
+std::unique_ptr<Backend> make_cpu_backend(const LlamaModel& model, const KvCacheOptions& options, KvObserver observer) {
   return dispatch_kv_cache(
       model.config.head_dim, options.preset, [&]<class Preset, class Tiers>() -> std::unique_ptr<Backend> {
-        return std::make_unique<CpuBackend<Preset, Tiers>>(model, example_cache_config<Preset>(model.config, options));
+        return std::make_unique<CpuBackend<Preset, Tiers>>(model, example_cache_config<Preset>(model.config, options),
+                                                           options.calibration, std::move(observer));
       });
 }
 

@@ -4,9 +4,43 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace kvq::llama {
+namespace {
+
+// exp(x) for the softmax's x - max <= 0 (finite), within about 2 ulp of expf (Cephes' polynomial), written as plain
+// arithmetic so that the loop calling it vectorizes: libm's expf is one call per element, and at long context the
+// softmax of a prefill chunk is a large share of the step. Below -87 the power of two is held at 2^-126 instead of
+// clamping x (a float max is control flow to the vectorizer): the result stays ~1e-38, nothing next to the 1 that
+// the row's maximum contributes.
+inline float exp_nonpositive(float x) {
+  constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+  const float shifted = x * 1.44269504088896341f + round_magic;
+  const float n = shifted - round_magic;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln 2 in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  std::int32_t shifted_bits;
+  std::memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
+  std::int32_t magic_bits;
+  std::memcpy(&magic_bits, &round_magic, sizeof magic_bits);
+  std::int32_t exponent = shifted_bits - magic_bits;  // n as an integer
+  exponent = exponent < -126 ? -126 : exponent;
+  const std::int32_t scale_bits = (exponent + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
+}
+
+}  // namespace
 
 void project(const Matrix& weight, const float* in, std::int64_t tokens, float* out) {
   const auto rows = static_cast<int>(weight.rows), columns = static_cast<int>(weight.columns);
@@ -47,8 +81,9 @@ void causal_attention(const float* query, const float* keys, const float* values
     float* row = scores.data() + r * length;
     const std::int64_t visible = first + r % count + 1;
     const float top = *std::max_element(row, row + visible);
+    for (std::int64_t t = 0; t < visible; ++t) row[t] = exp_nonpositive(row[t] - top);
     double total = 0;
-    for (std::int64_t t = 0; t < visible; ++t) total += row[t] = std::exp(row[t] - top);
+    for (std::int64_t t = 0; t < visible; ++t) total += row[t];
     const auto inverse = static_cast<float>(1.0 / total);
     for (std::int64_t t = 0; t < visible; ++t) row[t] *= inverse;
     std::fill(row + visible, row + length, 0.0f);  // the causal mask

@@ -1,0 +1,403 @@
+// kvq_eval: what a KV-cache preset does to a model's predictions, measured through the real cache and attention
+// code (the backend's forward pass over a kvq cache holding that preset), against the same model with an fp16 cache.
+//
+//   perplexity mode (default): sliding windows over --text; per preset perplexity, mean and p99 KL divergence of
+//     the next-token distribution from the fp16 run, top-1 agreement; Markdown, CSV and a KLD-vs-bits PNG.
+//   --passkey: a 5-digit number hidden at several depths of --text (filler) at --context tokens; retrieval
+//     accuracy per preset and depth.
+//
+// docs/quality.md has the flags, the semantics (chunked scoring vs token-by-token decode) and the results.
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "eval/eval_report.hpp"
+#include "eval/passkey.hpp"
+#include "eval/text_windows.hpp"
+#include "eval/token_metrics.hpp"
+#include "kvq/cache/presets.hpp"
+#include "kvq/core/error.hpp"
+#include "model/llama_model.hpp"
+#include "runtime/cpu_backend.hpp"
+#include "runtime/kv_calibration.hpp"
+#include "runtime/kv_presets.hpp"
+
+namespace {
+
+using namespace kvq::llama;
+using kvq::ErrorCode;
+using kvq::require;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* usage = R"(usage: kvq_eval --model PATH --text FILE [options]
+  --model PATH         GGUF file or Hugging Face directory
+  --text FILE          evaluation text (UTF-8); with --passkey, the filler text
+  --label NAME         name of the text in the report (default: the file name)
+  --presets LIST       comma-separated presets, NAME or NAME:cal (calibrated codebooks from --calibration);
+                       default: {}
+  --calibration FILE   codebooks from kvq_calibrate, for the NAME:cal presets
+  --window N           tokens per window (default 512; at most the model's context)
+  --stride N           predictions scored per window, its last ones (default window / 2)
+  --windows N          windows taken, spread evenly over the text (default 0 = every window)
+  --from F             windows start at or after this fraction of the text (default 0)
+  --chunk N            tokens per forward step (default 256); 1 = token-by-token decode
+  --backend NAME       cpu (default; a GPU backend plugs in at make_backend() in kvq_eval.cpp)
+  --out PREFIX         write PREFIX.md, PREFIX.csv and PREFIX.png (+ .dat, .gp)
+  --no-plot            no PNG
+  --merge LIST         join reports of one text written with --out by runs that split the preset list
+                       (comma-separated PREFIXes; each fp16 row must agree) into --out
+  --check P,PPL,KLD    fail (exit 2) unless preset P's perplexity change is at most PPL percent and its mean KLD
+                       at most KLD (repeatable; CI's quality gate)
+  --passkey            passkey retrieval instead of perplexity
+  --context N          passkey prompt length in tokens (default 2048)
+  --depths LIST        needle depths in [0, 1] (default 0.1,0.3,0.5,0.7,0.9)
+  --trials N           prompts per depth, each with its own number and filler stretch (default 2)
+  --seed S             first trial's seed (default 1)
+)";
+
+// A quality gate: the preset's perplexity change (percent) and mean KLD must stay within these.
+struct Bound {
+  std::string preset;
+  double max_ppl_change_percent = 0, max_mean_kld = 0;
+};
+
+struct Options {
+  std::string model, text, label, calibration, out, backend = "cpu";
+  std::vector<std::string> presets, merge;
+  std::vector<Bound> checks;
+  std::int64_t window = 512, stride = 0, windows = 0, chunk = 256;
+  double from = 0;
+  bool plot = true, passkey = false;
+  std::int64_t context = 2048;
+  std::vector<double> depths{0.1, 0.3, 0.5, 0.7, 0.9};
+  int trials = 2;
+  std::uint64_t seed = 1;
+};
+
+std::vector<std::string> split(std::string_view list) {
+  std::vector<std::string> items;
+  while (!list.empty()) {
+    const std::size_t comma = list.find(',');
+    if (const std::string_view item = list.substr(0, comma); !item.empty()) items.emplace_back(item);
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+  }
+  return items;
+}
+
+template <class T>
+T number(std::string_view flag, std::string_view text) {
+  T value{};
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  require(error == std::errc() && end == text.data() + text.size(), ErrorCode::invalid_argument,
+          fmt::format("{}: \"{}\" is not a number", flag, text));
+  return value;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      fmt::print(usage, kv_preset_list());
+      std::exit(0);
+    }
+    if (flag == "--no-plot") { o.plot = false; continue; }
+    if (flag == "--passkey") { o.passkey = true; continue; }
+    require(i + 1 < argc, ErrorCode::invalid_argument, fmt::format("{} needs a value (see --help)", flag));
+    const std::string_view value = argv[++i];
+    if (flag == "--model") o.model = value;
+    else if (flag == "--text") o.text = value;
+    else if (flag == "--label") o.label = value;
+    else if (flag == "--presets") o.presets = split(value);
+    else if (flag == "--calibration") o.calibration = value;
+    else if (flag == "--window") o.window = number<std::int64_t>(flag, value);
+    else if (flag == "--stride") o.stride = number<std::int64_t>(flag, value);
+    else if (flag == "--windows") o.windows = number<std::int64_t>(flag, value);
+    else if (flag == "--from") o.from = number<double>(flag, value);
+    else if (flag == "--chunk") o.chunk = number<std::int64_t>(flag, value);
+    else if (flag == "--backend") o.backend = value;
+    else if (flag == "--out") o.out = value;
+    else if (flag == "--merge") o.merge = split(value);
+    else if (flag == "--check") {
+      const std::vector<std::string> parts = split(value);
+      require(parts.size() == 3, ErrorCode::invalid_argument,
+              fmt::format("--check takes PRESET,MAX_PPL_CHANGE_PERCENT,MAX_MEAN_KLD, got \"{}\"", value));
+      o.checks.push_back({parts[0], number<double>(flag, parts[1]), number<double>(flag, parts[2])});
+    }
+    else if (flag == "--context") o.context = number<std::int64_t>(flag, value);
+    else if (flag == "--trials") o.trials = number<int>(flag, value);
+    else if (flag == "--seed") o.seed = number<std::uint64_t>(flag, value);
+    else if (flag == "--depths") {
+      o.depths.clear();
+      for (const std::string& d : split(value)) o.depths.push_back(number<double>(flag, d));
+    } else
+      throw kvq::Error(ErrorCode::invalid_argument, fmt::format("unknown flag {} (see --help)", flag));
+  }
+  if (!o.merge.empty()) {
+    require(!o.out.empty(), ErrorCode::invalid_argument, "--merge needs --out PREFIX");
+    return o;
+  }
+  require(!o.model.empty() && !o.text.empty(), ErrorCode::invalid_argument, "--model and --text are required (see --help)");
+  require(o.chunk > 0, ErrorCode::invalid_argument, "--chunk must be > 0");
+  require(o.trials > 0, ErrorCode::invalid_argument, "--trials must be > 0");
+  if (o.stride == 0) o.stride = o.window / 2;
+  if (o.presets.empty())
+    for (std::string_view name : kvq::preset_names) o.presets.emplace_back(name);
+  if (o.label.empty()) o.label = std::filesystem::path(o.text).filename().string();
+  return o;
+}
+
+// A preset of the list: its kvq name and whether it takes the calibrated codebooks.
+struct PresetSpec {
+  std::string label, name;
+  bool calibrated = false;
+};
+
+PresetSpec parse_spec(const std::string& text) {
+  PresetSpec spec{text, text, false};
+  if (const std::size_t colon = text.find(':'); colon != std::string::npos) {
+    require(text.substr(colon) == ":cal", ErrorCode::invalid_argument,
+            fmt::format("preset \"{}\": the only suffix is :cal (calibrated codebooks)", text));
+    spec.name = text.substr(0, colon);
+    spec.calibrated = true;
+  }
+  require(kvq::BuiltinPresets<128>::contains(spec.name), ErrorCode::invalid_argument,
+          fmt::format("unknown KV preset \"{}\"; known presets: {}", spec.name, kv_preset_list()));
+  return spec;
+}
+
+// The one place a backend is chosen. Only the CPU backend exists in this build; the GPU backend
+// (make_gpu_backend, same KvCacheOptions, same Backend interface) is added here when it lands.
+std::unique_ptr<Backend> make_backend(const std::string& backend, const LlamaModel& model, const KvCacheOptions& kv) {
+  require(backend == "cpu", ErrorCode::invalid_argument,
+          fmt::format("--backend {}: this build has only the cpu backend", backend));
+  return make_cpu_backend(model, kv);
+}
+
+struct Run {
+  PresetSpec spec;
+  std::unique_ptr<Backend> backend;
+  TokenMetrics metrics;
+  double seconds = 0;
+};
+
+// `with_reference`: fp16 first whether listed or not (perplexity mode compares every preset with it).
+std::vector<Run> make_runs(const Options& o, const LlamaModel& model, std::int64_t context,
+                           const std::shared_ptr<const KvCalibration>& calibration, bool with_reference) {
+  std::vector<Run> runs;
+  std::vector<PresetSpec> specs;
+  if (with_reference) specs.push_back(PresetSpec{"fp16", "fp16", false});
+  for (const std::string& text : o.presets)
+    if (text != "fp16" || !with_reference) specs.push_back(parse_spec(text));
+  for (PresetSpec& spec : specs) {
+    KvCacheOptions kv;
+    kv.preset = spec.name;
+    kv.max_tokens = context;
+    if (spec.calibrated) {
+      require(calibration != nullptr, ErrorCode::invalid_argument,
+              fmt::format("preset {} needs --calibration FILE", spec.label));
+      kv.calibration = calibration;
+    }
+    runs.push_back(Run{spec, make_backend(o.backend, model, kv), {}, 0});
+  }
+  return runs;
+}
+
+// Runs `tokens` through `backend` from an empty cache in chunks; calls on_row(position, logits) for each position
+// in [score_begin, tokens.size()).
+template <class OnRow>
+void run_sequence(Backend& backend, std::span<const TokenId> tokens, std::int64_t chunk, std::int64_t score_begin,
+                  std::vector<float>& buffer, int vocabulary, OnRow&& on_row) {
+  backend.reset();
+  const auto count = static_cast<std::int64_t>(tokens.size());
+  for (std::int64_t begin = 0; begin < count; begin += chunk) {
+    const std::int64_t size = std::min(chunk, count - begin);
+    buffer.resize(static_cast<std::size_t>(size * vocabulary));
+    backend.forward_logits(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(size)), buffer);
+    for (std::int64_t i = std::max<std::int64_t>(0, score_begin - begin); i < size; ++i)
+      on_row(begin + i, std::span<const float>(buffer.data() + i * vocabulary, static_cast<std::size_t>(vocabulary)));
+  }
+}
+
+std::string chunk_description(std::int64_t chunk) {
+  return chunk == 1 ? "token-by-token decode (every token through decode attention)"
+                    : fmt::format("steps of up to {} tokens, cut where the cache flushes, so every scored token sees "
+                                  "the cache exactly as in token-by-token decode (docs/quality.md)",
+                                  chunk);
+}
+
+std::shared_ptr<const KvCalibration> load_calibration(const Options& o) {
+  if (o.calibration.empty()) return nullptr;
+  return std::make_shared<const KvCalibration>(read_kv_calibration(o.calibration));
+}
+
+// 0 if every bound holds, 2 otherwise; each check printed.
+int check_bounds(const std::vector<Bound>& checks, const PerplexityReport& report) {
+  int status = 0;
+  for (const Bound& bound : checks) {
+    const auto row = std::find_if(report.rows.begin(), report.rows.end(),
+                                  [&](const PresetResult& r) { return r.preset == bound.preset; });
+    require(row != report.rows.end(), ErrorCode::invalid_argument,
+            fmt::format("--check {}: the preset is not in --presets", bound.preset));
+    const double change = 100.0 * (row->perplexity - report.rows.front().perplexity) / report.rows.front().perplexity;
+    const bool ok = change <= bound.max_ppl_change_percent && row->mean_kld <= bound.max_mean_kld;
+    fmt::print("check {}: perplexity change {:+.4f}% (bound {}%), mean KLD {:.6f} (bound {}): {}\n", bound.preset,
+               change, bound.max_ppl_change_percent, row->mean_kld, bound.max_mean_kld, ok ? "ok" : "FAILED");
+    if (!ok) status = 2;
+  }
+  return status;
+}
+
+int run_perplexity(const Options& o, const LlamaModel& model) {
+  const LlamaConfig& c = model.config;
+  require(c.context_length == 0 || o.window <= c.context_length, ErrorCode::invalid_argument,
+          fmt::format("--window {} exceeds the model's context of {}", o.window, c.context_length));
+  const auto tokenize_start = Clock::now();
+  const std::vector<TokenId> text = model.tokenizer.encode(read_text_file(o.text), false, false);
+  const WindowPlan plan = plan_windows(static_cast<std::int64_t>(text.size()), o.window, o.stride, o.windows, o.from);
+  fmt::print(stderr, "{}: {} tokens ({:.1f} s to tokenize); {} of {} windows of {} tokens, {} scored each\n", o.label,
+             text.size(), std::chrono::duration<double>(Clock::now() - tokenize_start).count(), plan.starts.size(),
+             plan.available, o.window, o.stride);
+  std::vector<Run> runs = make_runs(o, model, o.window, load_calibration(o), true);
+
+  const auto vocabulary = static_cast<std::size_t>(c.vocabulary);
+  const std::int64_t score_begin = o.window - o.stride - 1;  // logits at position p predict token p + 1
+  std::vector<double> reference(static_cast<std::size_t>(o.stride) * vocabulary), row(vocabulary);
+  std::vector<int> reference_top(static_cast<std::size_t>(o.stride));
+  std::vector<float> buffer;
+  const auto start = Clock::now();
+  for (std::size_t w = 0; w < plan.starts.size(); ++w) {
+    // The model sees tokens [start, start + window - 1): the last token of a window is only ever a target.
+    const std::span<const TokenId> window(text.data() + plan.starts[w], static_cast<std::size_t>(o.window));
+    const std::span<const TokenId> input = window.first(static_cast<std::size_t>(o.window - 1));
+    for (Run& run : runs) {
+      const auto run_start = Clock::now();
+      const bool is_reference = &run == &runs.front();
+      run_sequence(*run.backend, input, o.chunk, score_begin, buffer, c.vocabulary, [&](std::int64_t p, std::span<const float> logits) {
+        const auto k = static_cast<std::size_t>(p - score_begin);
+        const std::span<double> out = is_reference ? std::span<double>(reference.data() + k * vocabulary, vocabulary)
+                                                   : std::span<double>(row);
+        log_softmax(logits, out);
+        if (is_reference) reference_top[k] = argmax(out);
+        run.metrics.add(out, {reference.data() + k * vocabulary, vocabulary}, reference_top[k],
+                        window[static_cast<std::size_t>(p + 1)]);
+      });
+      run.seconds += std::chrono::duration<double>(Clock::now() - run_start).count();
+    }
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    const double per_window = elapsed / static_cast<double>(w + 1);
+    fmt::print(stderr, "[{}/{}] window at token {}: {:.1f} s per window, {:.0f} tokens/s, {:.0f} s to go; ", w + 1,
+               plan.starts.size(), plan.starts[w], per_window,
+               static_cast<double>((w + 1) * runs.size()) * static_cast<double>(o.window - 1) / elapsed,
+               per_window * static_cast<double>(plan.starts.size() - w - 1));
+    for (const Run& run : runs) fmt::print(stderr, "{} {:.4f}  ", run.spec.label, run.metrics.perplexity());
+    fmt::print(stderr, "\n");
+  }
+
+  PerplexityReport report;
+  report.title = fmt::format("{}, {}: KV presets against the fp16 cache", std::filesystem::path(o.model).filename().string(), o.label);
+  report.subset = fmt::format("{} of the text's {} windows of {} tokens (stride {}, {}), the last {} predictions of each "
+                              "scored: {} tokens per preset",
+                              plan.starts.size(), plan.available, o.window, o.stride,
+                              o.from > 0 ? fmt::format("starting at {:.0f}% of its {} tokens", 100 * o.from, text.size())
+                                         : fmt::format("spread over all its {} tokens", text.size()),
+                              o.stride, runs.front().metrics.tokens());
+  report.brief = fmt::format("{} windows x {} tokens, {} scored tokens per preset{}", plan.starts.size(), o.window,
+                             runs.front().metrics.tokens(), o.chunk == 1 ? ", token-by-token decode" : "");
+  report.how = fmt::format("{}; backend {}", chunk_description(o.chunk), runs.front().backend->name());
+  report.context = o.window;
+  for (const Run& run : runs) {
+    const kvq::PresetInfo info = kvq::preset_info(run.spec.name, c.head_dim);
+    report.rows.push_back(PresetResult{run.spec.label, info.key_bits, info.value_bits,
+                                       kvq::effective_bits_per_element(run.spec.name, c.head_dim, o.window),
+                                       run.metrics.tokens(), run.metrics.perplexity(), run.metrics.mean_kld(),
+                                       run.metrics.kld_quantile(0.99), run.metrics.top1_agreement(), run.seconds});
+  }
+  fmt::print("{}\n", perplexity_markdown(report));
+  if (!o.out.empty()) {
+    write_perplexity_report(report, o.out, o.plot);
+    fmt::print("wrote {0}.md, {0}.csv{1}\n", o.out, o.plot ? fmt::format(", {}.png", o.out) : "");
+  }
+  return check_bounds(o.checks, report);
+}
+
+int run_passkey(const Options& o, const LlamaModel& model) {
+  const LlamaConfig& c = model.config;
+  require(c.context_length == 0 || o.context <= c.context_length, ErrorCode::invalid_argument,
+          fmt::format("--context {} exceeds the model's context of {}", o.context, c.context_length));
+  const std::vector<TokenId> filler = model.tokenizer.encode(read_text_file(o.text), false, false);
+  std::vector<Run> runs = make_runs(o, model, o.context, load_calibration(o), false);
+  PasskeyReport report;
+  report.context = o.context;
+  report.depths = o.depths;
+  for (const Run& run : runs) {
+    const kvq::PresetInfo info = kvq::preset_info(run.spec.name, c.head_dim);
+    report.rows.push_back(PasskeyRow{run.spec.label, info.key_bits, info.value_bits,
+                                     kvq::effective_bits_per_element(run.spec.name, c.head_dim, o.context),
+                                     std::vector<int>(o.depths.size(), 0), o.trials});
+  }
+  std::vector<float> buffer;
+  std::vector<double> row(static_cast<std::size_t>(c.vocabulary));
+  const auto start = Clock::now();
+  int done = 0;
+  const int total = o.trials * static_cast<int>(o.depths.size());
+  for (std::size_t d = 0; d < o.depths.size(); ++d)
+    for (int trial = 0; trial < o.trials; ++trial) {
+      const PasskeyPrompt prompt =
+          make_passkey_prompt(model.tokenizer, filler, o.context, o.depths[d], o.seed + static_cast<std::uint64_t>(trial));
+      const std::span<const TokenId> tokens(prompt.tokens);
+      const std::span<const TokenId> input = tokens.first(tokens.size() - 1);
+      fmt::print(stderr, "[{}/{}] depth {:.2f}, pass key {}: ", ++done, total, o.depths[d], prompt.passkey);
+      for (std::size_t r = 0; r < runs.size(); ++r) {
+        bool correct = true;
+        run_sequence(*runs[r].backend, input, o.chunk, prompt.answer_begin - 1, buffer, c.vocabulary,
+                     [&](std::int64_t p, std::span<const float> logits) {
+                       log_softmax(logits, row);
+                       correct = correct && argmax(row) == tokens[static_cast<std::size_t>(p + 1)];
+                     });
+        report.rows[r].correct[d] += correct ? 1 : 0;
+        fmt::print(stderr, "{} {}  ", runs[r].spec.label, correct ? "yes" : "no");
+      }
+      fmt::print(stderr, "({:.0f} s)\n", std::chrono::duration<double>(Clock::now() - start).count());
+    }
+  report.title = fmt::format("{}: passkey retrieval at {} tokens, filler {}",
+                             std::filesystem::path(o.model).filename().string(), o.context, o.label);
+  report.how = fmt::format("{} trials per depth (seeds {}..{}: the number and the filler stretch), answer scored "
+                           "teacher-forced (all its tokens the top-1 prediction); {}; backend {}",
+                           o.trials, o.seed, o.seed + static_cast<std::uint64_t>(o.trials) - 1,
+                           chunk_description(o.chunk), runs.front().backend->name());
+  fmt::print("{}\n", passkey_markdown(report));
+  if (!o.out.empty()) {
+    write_passkey_report(report, o.out);
+    fmt::print("wrote {0}.md, {0}.csv\n", o.out);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options o = parse(argc, argv);
+    if (!o.merge.empty()) {
+      const PerplexityReport report = merge_perplexity_reports(o.merge);
+      write_perplexity_report(report, o.out, o.plot);
+      fmt::print("{}\nwrote {}.md, {}.csv\n", perplexity_markdown(report), o.out, o.out);
+      return 0;
+    }
+    const LlamaModel model = load_model(o.model);
+    return o.passkey ? run_passkey(o, model) : run_perplexity(o, model);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvq_eval: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,6 +1,6 @@
 // kvq_plan: what a Llama-style model with a kvq KV preset needs on one GPU, part by part, the largest context that
 // fits, and the naive formula's answer beside it. Analytical (kvq/planner/memory_plan.hpp; docs/planner.md).
-//   kvq_plan [--model NAME | --config config.json] [--weights fp16|bf16|int8|int4] [--kv PRESET] [--batch N]
+//   kvq_plan [--model NAME | --config config.json | --gguf FILE] [--weights fp16|bf16|int8|int4] [--kv PRESET] [--batch N]
 //            [--context N] [--gpu SIZE] [--chunk N] [--page-tokens N] [--sm-count N] [--cuda-context SIZE]
 //   kvq_plan --list
 //   kvq_plan --plot FILE.png [--weights T] [--batch N] [--plot-presets a,b,c]
@@ -20,6 +20,9 @@
 
 #include "gnuplot.hpp"
 #include "kvq/planner/hf_config.hpp"
+#ifdef KVQ_PLAN_GGUF
+#include "model/llama_model.hpp"
+#endif
 #include "kvq/planner/memory_plan.hpp"
 #include "kvq/planner/model_presets.hpp"
 
@@ -35,7 +38,7 @@ constexpr const char* usage = R"(usage:
 options:
   --model NAME          published model (default Llama-3.1-8B; see --list)
   --config FILE         a Hugging Face config.json instead of --model
-  --gguf FILE           not yet supported (the GGUF reader is being written separately)
+  --gguf FILE           a GGUF model file instead of --model (its llama.* metadata; no weights are read)
   --weights TYPE        fp16 | bf16 | int8 | int4 (default bf16; int8/int4 with one fp16 scale per 128 inputs)
   --kv PRESET           KV preset (default fp16; see --list)
   --batch N             sequences, each at the full context (default 1)
@@ -110,7 +113,7 @@ std::int64_t parse_size(std::string_view text, std::string_view option, std::int
 }
 
 struct Options {
-  std::string model = "Llama-3.1-8B", config_file, plot_file;
+  std::string model = "Llama-3.1-8B", config_file, gguf_file, plot_file;
   std::vector<std::string> plot_presets{"fp16", "int8", "q4_0", "kivi-2"};
   bool list = false;
   PlanRequest request;
@@ -147,10 +150,7 @@ Options parse_options(int argc, char** argv) {
     } else if (arg == "--config") {
       o.config_file = value();
     } else if (arg == "--gguf") {
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("--gguf {}: GGUF files are not read yet (the GGUF reader is being written separately; "
-                              "until then pass the model's config.json or a ModelShape through the API)",
-                              value()));
+      o.gguf_file = value();
     } else if (arg == "--weights") {
       o.request.weights = parse_weight_type(value());
     } else if (arg == "--kv") {
@@ -374,6 +374,32 @@ void write_plot(const Options& o) {
   fmt::print("wrote {} (data {}, script {})\n", png.string(), data.string(), script.string());
 }
 
+// A GGUF file's model shape, from the metadata the example's loader reads (examples/llama/model/load_model.cpp,
+// read_gguf_config): the same keys and checks as when kvq_llama runs the file, without reading the weights.
+ModelShape gguf_model_shape(const std::string& path) {
+#ifdef KVQ_PLAN_GGUF
+  const llama::LlamaConfig c = llama::read_gguf_config(path);
+  ModelShape m;
+  m.name = std::filesystem::path(path).filename().string() + " (GGUF)";
+  m.layers = c.layers;
+  m.hidden = c.hidden;
+  m.intermediate = c.ffn;
+  m.query_heads = c.q_heads;
+  m.kv_heads = c.kv_heads;
+  m.head_dim = c.head_dim;
+  m.vocab = c.vocabulary;
+  m.tied_embeddings = c.tied_embeddings;
+  require(c.context_length > 0, ErrorCode::io_error, "GGUF " + path + ": llama.context_length is missing");
+  m.max_context = c.context_length;
+  validate_model_shape(m, "GGUF " + path, ErrorCode::io_error);
+  return m;
+#else
+  throw Error(ErrorCode::invalid_argument, "--gguf " + path +
+                                               ": this kvq_plan was built without the GGUF reader (it comes with "
+                                               "examples/llama, which needs nlohmann-json, pcre2 and a BLAS)");
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -385,6 +411,8 @@ int main(int argc, char** argv) {
     }
     if (!o.config_file.empty()) {
       o.request.model = read_hf_config(o.config_file);
+    } else if (!o.gguf_file.empty()) {
+      o.request.model = gguf_model_shape(o.gguf_file);
     } else {
       o.request.model = published_model(o.model);
     }

@@ -64,6 +64,8 @@ struct LlamaModel {
 // naming the file and the key or tensor).
 LlamaModel load_model(const std::filesystem::path& path);
 LlamaModel load_gguf_model(const std::filesystem::path& file);
+// The hyper-parameters of a GGUF file from its metadata alone (no weights read): what kvq_plan --gguf needs.
+LlamaConfig read_gguf_config(const std::filesystem::path& file);
 LlamaModel load_hugging_face_model(const std::filesystem::path& directory);
 
 // Positive sizes, heads that divide, a usable RoPE config; `source` names the file in the error.

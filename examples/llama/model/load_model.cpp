@@ -145,8 +145,10 @@ void validate_config(const LlamaConfig& c, const std::string& source) {
   }
 }
 
-LlamaModel load_gguf_model(const std::filesystem::path& path) {
-  const GgufFile file(path.string());
+namespace {
+
+// The hyper-parameters of an open GGUF file, from its llama.* metadata (and the tokenizer's token count), checked.
+LlamaConfig gguf_config(const GgufFile& file, TokenizerSpec* tokenizer_out) {
   const std::string& name = file.path();
   const std::string architecture = file.string("general.architecture");
   require(architecture == "llama", ErrorCode::io_error,
@@ -185,6 +187,22 @@ LlamaModel load_gguf_model(const std::filesystem::path& path) {
   c.tied_embeddings = file.find_tensor("output.weight") == nullptr;
   validate_config(c, name);
   read_gguf_rope_scaling(file, c);
+  if (tokenizer_out != nullptr) *tokenizer_out = std::move(tokenizer);
+  return c;
+}
+
+}  // namespace
+
+LlamaConfig read_gguf_config(const std::filesystem::path& path) {
+  const GgufFile file(path.string());
+  return gguf_config(file, nullptr);
+}
+
+LlamaModel load_gguf_model(const std::filesystem::path& path) {
+  const GgufFile file(path.string());
+  const std::string& name = file.path();
+  TokenizerSpec tokenizer;
+  const LlamaConfig c = gguf_config(file, &tokenizer);
 
   static const std::map<std::string, std::string> gguf_parts = {{"attention_norm", "attn_norm"},
                                                                 {"query", "attn_q"},

@@ -1,13 +1,7 @@
 // The hyper-parameters of a Llama-style decoder (RMSNorm, grouped-query attention, SwiGLU MLP, no biases) that
 // decide its memory: the memory planner's input. Every model source fills one of these and validates it here:
-// the published presets (model_presets.hpp), a Hugging Face config.json (hf_config.hpp), and, later, a GGUF file.
-//
-// TODO(GGUF): a GGUF reader is being written on another branch. The seam is this struct: map
-//   llama.block_count -> layers, llama.embedding_length -> hidden, llama.feed_forward_length -> intermediate,
-//   llama.attention.head_count -> query_heads, llama.attention.head_count_kv -> kv_heads,
-//   llama.attention.key_length (or hidden / query_heads) -> head_dim, the length of tokenizer.ggml.tokens -> vocab,
-//   no output.weight tensor -> tied_embeddings, llama.context_length -> max_context,
-// call validate_model_shape(shape, path), and pass the file's exact tensor bytes as PlanRequest::weight_bytes.
+// the published presets (model_presets.hpp), a Hugging Face config.json (hf_config.hpp), and a GGUF file's
+// llama.* metadata (kvq_plan --gguf, through the Llama example's reader: examples/plan.cpp, gguf_model_shape).
 #pragma once
 
 #include <array>

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "kvq/attention/decode_plan.hpp"
+#include "kvq/attention/importance.hpp"
 #include "kvq/attention/prefill_shape.hpp"
 #include "kvq/cache/cache_config.hpp"
 #include "kvq/cache/host_paged_cache.hpp"

@@ -98,11 +98,21 @@ TEST_CASE("decode_attention_reference equals attention computed from read_token 
   std::vector<float> q(q_heads * d);
   for (float& x : q) x = normal(rng);
   const AttentionParams attention{.softmax_scale = 0.05f, .soft_cap = 20.0f};
+  // Importance rows (importance.hpp): 2 sequences x 2 KV heads x 600 slots, poisoned past each length.
+  constexpr std::int64_t slots = 600;
+  std::vector<float> importance(2 * 2 * slots, -7.0f);
+  const ImportanceView importance_view{importance.data(), 2 * slots, slots};
   for (int s = 0; s < 2; ++s) {
-    std::vector<double> got(q.size());
-    decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style, s, q, q_heads,
-                                  attention, got);
     const std::int64_t length = cache.sequences().sequence(s).length;
+    for (int kv = 0; kv < 2; ++kv)
+      std::fill_n(importance.begin() + s * 2 * slots + kv * slots, length, 0.5f);  // a previous step's sum
+    std::vector<double> got(q.size()), again(q.size());
+    decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style, s, q, q_heads,
+                                  attention, got, importance_view);
+    decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style, s, q, q_heads,
+                                  attention, again);
+    CHECK(got == again);  // the bookkeeping does not change the output
+    std::vector<long double> expected_importance(2 * static_cast<std::size_t>(length), 0.5L);
     std::vector<float> keys(static_cast<std::size_t>(length) * 2 * d), values(keys.size());
     for (std::int64_t t = 0; t < length; ++t) {
       cache.read_token(0, s, t, keys.data() + t * 2 * d, values.data() + t * 2 * d);
@@ -125,8 +135,25 @@ TEST_CASE("decode_attention_reference equals attention computed from read_token 
         for (int c = 0; c < d; ++c) o[c] += p * values[(t * 2 + kv) * d + c];
       }
       for (int c = 0; c < d; ++c) CHECK(got[h * d + c] == doctest::Approx(static_cast<double>(o[c] / sum)).epsilon(1e-9).scale(1.0));
+      for (std::int64_t t = 0; t < length; ++t) expected_importance[kv * length + t] += std::exp(logit[t] - top) / sum;
+    }
+    // Each KV head's row gained its 3 heads' probabilities (float storage: 1e-6 relative), nothing past the length.
+    for (int kv = 0; kv < 2; ++kv) {
+      const float* row = importance.data() + s * 2 * slots + kv * slots;
+      double total = 0;
+      for (std::int64_t t = 0; t < length; ++t) {
+        CHECK(row[t] == doctest::Approx(static_cast<double>(expected_importance[kv * length + t])).epsilon(1e-6));
+        total += row[t] - 0.5;
+      }
+      CHECK(total == doctest::Approx(3.0).epsilon(1e-5));
+      for (std::int64_t t = length; t < slots; ++t) CHECK(row[t] == -7.0f);
     }
   }
+  std::vector<double> scratch(q.size());
+  CHECK_THROWS_WITH_AS(decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
+                                                     0, q, q_heads, attention, scratch,
+                                                     ImportanceView{importance.data(), 2 * slots, 100}),
+                       doctest::Contains("head_stride 100"), Error);
   std::vector<double> out(q.size());
   CHECK_THROWS_WITH_AS(decode_attention_reference<T>(cache.view(0), TierParams<T>{}, cache.rope_table(), config.rope.style,
                                                      2, q, q_heads, attention, out),

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kvq/attention/decode_plan.hpp"
+#include "kvq/attention/importance.hpp"
 #include "kvq/cache/cache_config.hpp"
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
@@ -58,9 +59,10 @@ void read_attention_token(const CacheLayerView& v, const TierParams<Tier>& param
 }
 
 // One query head over `count` tokens (keys, values: [count][d] floats), in double: softmax(scale q.k, capped) . v.
-// `logits` is scratch of `count` doubles; out[d] is overwritten. Shared by the decode and prefill references.
+// `logits` is scratch of `count` doubles; out[d] is overwritten; `weights`, when given, gets each token's softmax
+// probability added (importance bookkeeping). Shared by the decode and prefill references.
 inline void attend_reference(const float* q, const float* keys, const float* values, std::int64_t count, int d,
-                             double scale, float soft_cap, double* logits, double* out) {
+                             double scale, float soft_cap, double* logits, double* out, double* weights = nullptr) {
   double top = -INFINITY;
   for (std::int64_t t = 0; t < count; ++t) {
     double dot = 0;
@@ -78,15 +80,18 @@ inline void attend_reference(const float* q, const float* keys, const float* val
     for (int c = 0; c < d; ++c) out[c] += p * values[t * d + c];
   }
   for (int c = 0; c < d; ++c) out[c] /= sum;
+  if (weights != nullptr)
+    for (std::int64_t t = 0; t < count; ++t) weights[t] += std::exp(logits[t] - top) / sum;
 }
 
 // out[h][c] for the q_heads query heads of one sequence (query: [q_heads][head_dim] floats). A sequence without
-// tokens gives zeros (the device kernel does the same).
+// tokens gives zeros (the device kernel does the same). With `importance` enabled, each KV head's row of
+// `sequence` gets the step's probabilities added as importance.hpp defines (summed in double, added once).
 template <class Tier>
 void decode_attention_reference(const CacheLayerView& v, const TierParams<Tier>& params,
                                 const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style, int sequence,
                                 std::span<const float> query, int q_heads, const AttentionParams& attention,
-                                std::span<double> out) {
+                                std::span<double> out, const ImportanceView& importance = {}) {
   constexpr int d = Tier::KeyPolicy::head_dim;
   require(sequence >= 0 && sequence < v.max_sequences, ErrorCode::invalid_argument,
           "decode attention: sequence " + std::to_string(sequence) + " is outside [0, " + std::to_string(v.max_sequences) + ")");
@@ -102,14 +107,22 @@ void decode_attention_reference(const CacheLayerView& v, const TierParams<Tier>&
   if (length == 0) return;
   std::vector<float> keys(static_cast<std::size_t>(length) * d), values(keys.size());
   std::vector<double> logits(static_cast<std::size_t>(length));
+  detail::check_importance_view(importance, v.max_sequences, v.kv_heads, length);
+  std::vector<double> weights(importance.enabled() ? static_cast<std::size_t>(length) : 0);
   for (int kv = 0; kv < v.kv_heads; ++kv) {
+    std::fill(weights.begin(), weights.end(), 0.0);
     for (std::int64_t t = 0; t < length; ++t)
       read_attention_token<Tier>(v, params, rope, style, sequence, t, kv,
                                  keys.data() + t * d, values.data() + t * d);
     for (int g = 0; g < group; ++g) {
       const int h = kv * group + g;
       attend_reference(query.data() + static_cast<std::size_t>(h) * d, keys.data(), values.data(), length, d, scale,
-                       attention.soft_cap, logits.data(), out.data() + static_cast<std::size_t>(h) * d);
+                       attention.soft_cap, logits.data(), out.data() + static_cast<std::size_t>(h) * d,
+                       importance.enabled() ? weights.data() : nullptr);
+    }
+    if (importance.enabled()) {
+      float* row = importance.scores + sequence * importance.sequence_stride + kv * importance.head_stride;
+      for (std::int64_t t = 0; t < length; ++t) row[t] += static_cast<float>(weights[static_cast<std::size_t>(t)]);
     }
   }
 }

@@ -1,6 +1,9 @@
 // Decode attention over the quantized cache, one Llama-3-8B layer shape: 32 query heads, 8 KV heads, head_dim 128,
 // one query token per sequence, post-RoPE keys, pages of 256 tokens, SYNTHETIC K/V (random normal, no weights).
 //   attention/<policy>/batch:B/context:T   one decode_attention_async call, every sequence T tokens long
+//   importance/<policy>/batch:B/context:T  the same call with importance bookkeeping (kvq/attention/importance.hpp):
+//                                          a plan made for it and an ImportanceView over [B][8][T] floats; compare
+//                                          with attention/<policy> at the same arguments for its cost
 // Counters:
 //   us            GPU time per call (CUDA events around 20 back-to-back calls, divided by 20)
 //   bytes_read    KV bytes the call must read: quantized tokens at their exact page cost (codes + metadata) plus
@@ -60,7 +63,7 @@ double copy_bandwidth() {
 }
 
 template <class Tier>
-void attention_benchmark(benchmark::State& state, int window) {
+void attention_benchmark(benchmark::State& state, int window, bool importance) {
   using Tiers = kvq::LayerTiers<Tier>;
   const int batch = static_cast<int>(state.range(0));
   const std::int64_t context = state.range(1);
@@ -85,8 +88,13 @@ void attention_benchmark(benchmark::State& state, int window) {
   }
   check(cudaStreamSynchronize(stream.get()), "prefill");
 
-  const kvq::DecodePlan plan = kvq::cuda::plan_decode(cache, 0, {batch, kQHeads, kKvHeads, kHeadDim}, context);
+  const kvq::DecodePlan plan = kvq::cuda::plan_decode(cache, 0, {batch, kQHeads, kKvHeads, kHeadDim}, context,
+                                                      kvq::DecodeTuning{.importance = importance});
   DeviceArray<std::uint8_t> workspace(static_cast<std::size_t>(std::max<std::int64_t>(plan.workspace_bytes, 16)));
+  DeviceArray<float> importance_rows(importance ? static_cast<std::size_t>(batch) * kKvHeads * context : 1);
+  if (importance) check(cudaMemsetAsync(importance_rows.get(), 0, importance_rows.bytes(), stream.get()), "importance");
+  const kvq::ImportanceView importance_view =
+      importance ? kvq::ImportanceView{importance_rows.get(), kKvHeads * context, context} : kvq::ImportanceView{};
   kvq::cuda::clear_decode_workspace_async(plan, workspace.get(), stream.get());
   DeviceArray<kvq::f16> query(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), out(query.bytes() / 2);
   random_fill<<<64, 256, 0, stream.get()>>>(query.get(), static_cast<std::int64_t>(batch) * kQHeads * kHeadDim, 99);
@@ -96,7 +104,7 @@ void attention_benchmark(benchmark::State& state, int window) {
   check(cudaMemcpy(sequences.get(), slots.data(), slots.size() * 4, cudaMemcpyHostToDevice), "slots");
   auto call = [&] {
     kvq::cuda::decode_attention_async(cache, 0, plan, kvq::AttentionParams{}, query.get(), out.get(), sequences.get(),
-                                      workspace.get(), plan.workspace_bytes, stream.get());
+                                      workspace.get(), plan.workspace_bytes, stream.get(), importance_view);
   };
   call();
   check(cudaStreamSynchronize(stream.get()), "warm-up");
@@ -122,12 +130,15 @@ void attention_benchmark(benchmark::State& state, int window) {
 
 template <class Tier>
 void register_policy(const char* name, int window, bool long_context) {
-  auto* b = benchmark::RegisterBenchmark((std::string("attention/") + name).c_str(),
-                                         [window](benchmark::State& state) { attention_benchmark<Tier>(state, window); });
-  b->ArgNames({"batch", "context"})->UseManualTime()->Unit(benchmark::kMicrosecond);
-  for (int batch : {1, 8})
-    for (std::int64_t context : {1024, 4096, 16384, 32768, 131072}) b->Args({batch, context});
-  if (long_context) b->Args({1, 524288});
+  for (const bool importance : {false, true}) {
+    auto* b = benchmark::RegisterBenchmark(
+        (std::string(importance ? "importance/" : "attention/") + name).c_str(),
+        [window, importance](benchmark::State& state) { attention_benchmark<Tier>(state, window, importance); });
+    b->ArgNames({"batch", "context"})->UseManualTime()->Unit(benchmark::kMicrosecond);
+    for (int batch : {1, 8})
+      for (std::int64_t context : {1024, 4096, 16384, 32768, 131072}) b->Args({batch, context});
+    if (long_context) b->Args({1, 524288});
+  }
 }
 
 }  // namespace

@@ -57,10 +57,13 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     lines, medians = gbench.run_medians(args.binary, args.out, "bench_attention", args.filter, args.repetitions)
     header = [line for line in lines if line.startswith(("GPU", "fp16 copy"))]
-    results = {}
-    for name, b in medians.items():  # attention/<policy>/batch:B/context:T/manual_time
-        _, policy, batch, context = name.split("/")[:4]
-        results[(policy, int(batch.split(":")[1]), int(context.split(":")[1]))] = b
+    results, importance = {}, {}
+    for name, b in medians.items():  # attention|importance/<policy>/batch:B/context:T/manual_time
+        kind, policy, batch, context = name.split("/")[:4]
+        key = (policy, int(batch.split(":")[1]), int(context.split(":")[1]))
+        (importance if kind == "importance" else results)[key] = b
+    for key in importance:  # an importance row without its plain row still gets a line
+        results.setdefault(key, None)
     shapes = sorted({(k[1], k[2]) for k in results})
     # The GPU idled while kvq's benchmark set up: spin it up on the largest batch-1 shape first.
     spin = [torch.randn(1, 32, 1, 128, device="cuda", dtype=torch.float16),
@@ -77,19 +80,28 @@ def main():
 
     lines = [f"GPU: {torch.cuda.get_device_name()}  date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  "
              f"torch {torch.__version__}", *header, "",
-             "| policy | batch | context | kvq us | bits/elem | splits | GB/s | % of copy | SDPA fp16 us | speedup vs SDPA | vs kvq fp16 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| policy | batch | context | kvq us | bits/elem | splits | GB/s | % of copy | SDPA fp16 us | speedup vs SDPA | vs kvq fp16 |"
+             + (" with importance us | importance cost |" if importance else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if importance else "")]
     for (policy, batch, context), b in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        tracked = importance.get((policy, batch, context))
+        extra = ""
+        if importance:
+            extra = (f" {tracked['real_time']:.1f} | {100 * (tracked['real_time'] / b['real_time'] - 1):+.1f}% |"
+                     if tracked and b else " n/a | n/a |")
+        if b is None:
+            lines.append(f"| {policy} | {batch} | {context} | n/a |" + " |" * 7 + extra)
+            continue
         us = b["real_time"]
         gbps = b["bytes_read"] / (us * 1e-6) / 1e9
         frac = gbps / b["copy_GB/s"]
         base = sdpa.get((batch, context))
-        fp16 = results.get(("fp16", batch, context))
+        fp16 = results.get(("fp16", batch, context)) or None
         lines.append(f"| {policy} | {batch} | {context} | {us:.1f} | {b['bits_per_elem']:.2f} | {int(b['splits'])} | "
                      f"{gbps:.0f} | {100 * frac:.0f}% | {base:.1f} | {base / us:.2f}x | "
-                     f"{(fp16['real_time'] / us) if fp16 else float('nan'):.2f}x |" if base else
+                     f"{(fp16['real_time'] / us) if fp16 else float('nan'):.2f}x |" + extra if base else
                      f"| {policy} | {batch} | {context} | {us:.1f} | {b['bits_per_elem']:.2f} | {int(b['splits'])} | "
-                     f"{gbps:.0f} | {100 * frac:.0f}% | n/a | n/a | n/a |")
+                     f"{gbps:.0f} | {100 * frac:.0f}% | n/a | n/a | n/a |" + extra)
     table = "\n".join(lines)
     open(os.path.join(args.out, "attention_table.md"), "w").write(table + "\n")
     print(table)

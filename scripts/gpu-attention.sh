@@ -4,7 +4,8 @@
 #   KVQ_DEPS_PREFIX=DIR/usr      offline Debian packages unpacked by shared/tools/offline-deps.sh
 #   KVQ_BENCH_FILTER=REGEX       benchmark subset (default: the formats at 4K, 32K, 128K and 512K)
 #   KVQ_BENCH_REPETITIONS=N      repetitions per benchmark (default 1)
-#   KVQ_STEPS="build quick bench tests"   which steps to run, in this order (also: prefill, pbench, sanitize, profile)
+#   KVQ_STEPS="build quick bench tests"   which steps to run, in this order (also: importance, ibench, prefill,
+#                                pbench, sanitize, profile)
 #   KVQ_TARGETS="..."            what the build step builds (default: device tests, attention benchmarks, host tests)
 #   KVQ_PREFILL_FILTER=REGEX     prefill benchmark subset (default: all of benchmarks/bench_prefill.cu)
 #   KVQ_PROFILE="int2_g64 ..."   formats the profile step runs Nsight Compute on (batch 1, 128K tokens)
@@ -30,6 +31,15 @@ for s in ${KVQ_STEPS:-build quick bench tests}; do
       step "benchmark"
       python3 scripts/bench-attention.py ./build/gpu/benchmarks/kvq_bench_attention "$out/attention" --filter="$filter" \
         --repetitions="${KVQ_BENCH_REPETITIONS:-1}" >"$out/bench.txt" 2>&1 || status=1 ;;
+    importance)
+      step "importance tests"; "$tests" -tc='importance*' 2>&1 | tee "$out/tests_importance.txt" | tail -15
+      grep -q "Status: SUCCESS" "$out/tests_importance.txt" || status=1 ;;
+    ibench)  # decode with and without importance bookkeeping, the formats at 32K and 128K
+      step "importance benchmark"
+      python3 scripts/bench-attention.py ./build/gpu/benchmarks/kvq_bench_attention "$out/importance" \
+        --filter="${KVQ_IBENCH_FILTER:-(attention|importance)/(fp16|int8_g128|int4_g64|int2_g64|kivi2_window128)/batch:(1|8)/context:(32768|131072)/}" \
+        --repetitions="${KVQ_BENCH_REPETITIONS:-3}" >"$out/ibench.txt" 2>&1 || status=1
+      tail -24 "$out/ibench.txt" ;;
     prefill)
       step "prefill tests"; "$tests" -tc='prefill attention*' 2>&1 | tee "$out/tests_prefill.txt" | tail -15
       grep -q "Status: SUCCESS" "$out/tests_prefill.txt" || status=1 ;;
@@ -56,7 +66,7 @@ for s in ${KVQ_STEPS:-build quick bench tests}; do
       for tool in memcheck racecheck; do
         step "compute-sanitizer $tool"
         timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 99 "$tests" \
-          -tc='tensor-core*,device planner*,decode attention: lengths*,decode attention: sinks*,decode attention: bf16*,decode attention: one plan*,decode attention: empty*,prefill attention*' \
+          -tc="${KVQ_SANITIZE_CASES:-tensor-core*,device planner*,decode attention: lengths*,decode attention: sinks*,decode attention: bf16*,decode attention: one plan*,decode attention: empty*,importance*,prefill attention*}" \
           -tce='*128K*' \
           >"$out/sanitizer_$tool.txt" 2>&1 || { echo "compute-sanitizer $tool failed"; status=1; }
         tail -3 "$out/sanitizer_$tool.txt"

@@ -48,6 +48,20 @@ TEST_CASE("plan_decode: splits follow length, bytes and SM count; workspace layo
   CHECK(mqa.head_chunks == 2);
   CHECK(plan_decode({1, 3, 1, 64}, 1000, 64.0, 132).group_width == 4);
   CHECK(plan_decode({0, 32, 8, 128}, 0, 512.0, 132).splits == 1);
+  // Importance: every block resident at once (one wave of 396 slots) and logit rows in the workspace.
+  const DecodePlan tracked = plan_decode(llama, 131072, 512.0, 132, DecodeTuning{.importance = true});
+  CHECK(tracked.importance);
+  CHECK(tracked.splits == 49);  // 392 blocks fit one wave already
+  CHECK(tracked.logit_stride == 131072);
+  CHECK(tracked.logit_offset == tracked.counter_offset + align16(8 * 4 * 2));  // arrivals and departures
+  CHECK(tracked.workspace_bytes == tracked.logit_offset + std::int64_t{32} * 131072 * 4);
+  CHECK(plan_decode({32, 32, 8, 128}, 131072, 512.0, 132, DecodeTuning{.importance = true}).splits == 1);  // 256 blocks: 1 per wave slot
+  CHECK(plan_decode({8, 32, 8, 128}, 131072, 512.0, 132, DecodeTuning{.importance = true}).splits == 6);   // 384 of 396
+  const DecodePlan unsplit = plan_decode({192, 32, 8, 128}, 1001, 512.0, 132, DecodeTuning{.importance = true});
+  CHECK(unsplit.splits == 1);
+  CHECK(unsplit.logit_stride == 1004);
+  CHECK(unsplit.logit_offset == 0);
+  CHECK(unsplit.workspace_bytes == align16(std::int64_t{192} * 32 * 1004 * 4));
   CHECK(long_plan.scale({}) == doctest::Approx(1.0 / std::sqrt(128.0)));
   CHECK(long_plan.scale({.softmax_scale = 0.5f}) == 0.5f);
   CHECK_THROWS_WITH_AS(plan_decode({1, 32, 6, 128}, 10, 1.0, 1), doctest::Contains("multiple of kv_heads"), Error);

@@ -129,6 +129,42 @@ struct Workspace {
   }
 };
 
+// Importance after two identical steps: each element gained twice the reference's one-step probability p (its
+// softmax weights summed over the group). Budget: the output's 1e-3 as the relative error of p (p = 2^z / sum,
+// so a logit error dz in the log2 domain gives ln2 * dz relative: the same dot products as the output), plus the
+// float additions (two adds into a value of magnitude |got|: 2^-23 |got|). Past each length: untouched.
+inline void check_importance(const std::vector<float>& got, const std::vector<float>& before,
+                             const std::vector<float>& reference, const std::vector<std::int64_t>& lengths,
+                             const std::vector<int>& batch, int kv_heads, std::int64_t stride, int group) {
+  for (std::size_t s = 0; s < lengths.size(); ++s)
+    for (int k = 0; k < kv_heads; ++k) {
+      const bool in_batch = std::find(batch.begin(), batch.end(), static_cast<int>(s)) != batch.end();
+      const std::size_t row = (s * kv_heads + static_cast<std::size_t>(k)) * static_cast<std::size_t>(stride);
+      double worst = 0, added = 0;
+      std::int64_t worst_token = -1;
+      bool untouched = true;
+      for (std::int64_t t = 0; t < stride; ++t) {
+        const std::size_t i = row + static_cast<std::size_t>(t);
+        if (t >= lengths[s] || !in_batch) {
+          untouched = untouched && got[i] == before[i];
+          continue;
+        }
+        const double p = static_cast<double>(reference[i]) - before[i];  // float storage of the reference: see below
+        const double error = std::abs((static_cast<double>(got[i]) - before[i]) - 2 * p);
+        // The reference's own float row adds 2^-24 |reference| to the uncertainty of p.
+        // Float atomics flush subnormal sums to zero: 2^-126 absolute per add.
+        const double budget = 2e-3 * p + 0x1p-23 * std::abs(got[i]) + 0x1p-23 * std::abs(reference[i]) + 2 * 0x1p-126;
+        if (error - budget > worst) worst = error - budget, worst_token = t;
+        added += static_cast<double>(got[i]) - before[i];
+      }
+      INFO("importance of slot " << s << ", KV head " << k << ", length " << lengths[s] << ": worst excess " << worst
+                                 << " at token " << worst_token);
+      CHECK(worst <= 0);
+      CHECK(untouched);
+      if (in_batch && lengths[s] > 0) CHECK(added == doctest::Approx(2.0 * group).epsilon(1e-3));
+    }
+}
+
 // Attention of `sequences` (cache slots, one query each) on the device against the host reference.
 template <class Tiers, class Q, class O>
 void check_decode(const cuda::PagedKVCache<Tiers>& cache, const TierParams<typename Tiers::First>& host_params,
@@ -150,15 +186,34 @@ void check_decode(const cuda::PagedKVCache<Tiers>& cache, const TierParams<typen
   const auto queries = random_queries<Q>(static_cast<std::size_t>(batch) * q_heads * d, rng);
   DeviceBuffer<Q> device_queries(queries);
   DeviceBuffer<std::int32_t> device_sequences(std::vector<std::int32_t>(sequences.begin(), sequences.end()));
+  // Importance (tuning.importance): rows of every cache slot, random earlier sums in [0, 1) and -7 past each
+  // length (must stay untouched); both runs add to them.
+  const int kv_heads = cache.config().kv_heads, slots = cache.config().max_sequences;
+  const std::int64_t stride = std::max<std::int64_t>(1, longest) + 5;
+  std::vector<float> importance_before(static_cast<std::size_t>(slots) * kv_heads * stride, -7.0f);
+  if (tuning.importance) {
+    std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+    for (int s = 0; s < slots; ++s)
+      for (int k = 0; k < kv_heads; ++k)
+        for (std::int64_t t = 0; t < host.lengths[static_cast<std::size_t>(s)]; ++t)
+          importance_before[(static_cast<std::size_t>(s) * kv_heads + k) * stride + t] = unit(rng);
+  }
+  DeviceBuffer<float> device_importance(importance_before);
+  const ImportanceView importance_view =
+      tuning.importance ? ImportanceView{device_importance.get(), kv_heads * stride, stride} : ImportanceView{};
+  std::vector<float> importance_reference = importance_before;  // one step's sums added by the host reference
+  const ImportanceView reference_view{importance_reference.data(), kv_heads * stride, stride};
   std::vector<O> first;
   for (int run = 0; run < 2; ++run) {
     DeviceBuffer<O> out(static_cast<std::size_t>(batch) * q_heads * d, 0xFF);  // NaN until written
     cuda::decode_attention_async(cache, 0, plan, attention, device_queries.get(), out.get(), device_sequences.get(),
-                                 workspace.buffer->get(), plan.workspace_bytes, nullptr);
+                                 workspace.buffer->get(), plan.workspace_bytes, nullptr, importance_view);
     cuda::check(cudaDeviceSynchronize(), "decode attention");
     const std::vector<O> got = out.download();
     if (run == 1) {  // the arrival counters were left at zero and nothing depends on timing
       CHECK(std::memcmp(got.data(), first.data(), got.size() * sizeof(O)) == 0);
+      if (tuning.importance) check_importance(device_importance.download(), importance_before, importance_reference,
+                                              host.lengths, sequences, kv_heads, stride, plan.group);
       break;
     }
     first = got;
@@ -167,7 +222,8 @@ void check_decode(const cuda::PagedKVCache<Tiers>& cache, const TierParams<typen
       for (std::size_t i = 0; i < q.size(); ++i) q[i] = as_float(queries[static_cast<std::size_t>(b) * q.size() + i]);
       std::vector<double> expected(q.size());
       decode_attention_reference<Tier>(host.view, host_params, cache.rope_table(), cache.config().rope.style,
-                                       sequences[static_cast<std::size_t>(b)], q, q_heads, attention, expected);
+                                       sequences[static_cast<std::size_t>(b)], q, q_heads, attention, expected,
+                                       tuning.importance ? reference_view : ImportanceView{});
       for (int h = 0; h < q_heads; ++h) {
         double error = 0, norm = 0;
         bool finite = true;

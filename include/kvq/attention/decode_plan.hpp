@@ -50,9 +50,16 @@ struct DecodePlan {
   int splits = 1;           // token ranges per (sequence, KV head, chunk)
   std::int64_t max_length = 0;
   DecodeKernel kernel = DecodeKernel::automatic;
+  // Importance bookkeeping (importance.hpp): calls may pass an ImportanceView. The splits of a (sequence, KV head,
+  // chunk) then wait for each other (the launch is cooperative, so they are resident together: the planner keeps
+  // the grid within one wave), which is why a plan must be made for it.
+  bool importance = false;
   // Workspace: fp32 partial outputs [batch][q_heads][splits][head_dim], log2-sum-exp [batch][q_heads][splits],
-  // and one uint32 arrival counter per (sequence, KV head, chunk). Empty when splits == 1.
-  std::int64_t partial_offset = 0, lse_offset = 0, counter_offset = 0, workspace_bytes = 0;
+  // one uint32 arrival counter per (sequence, KV head, chunk) (two with importance), and with importance each
+  // query head's log2-domain logits [batch][q_heads][logit_stride], logit_stride >= max_length. Empty when
+  // splits == 1 and no importance.
+  std::int64_t partial_offset = 0, lse_offset = 0, counter_offset = 0, logit_offset = 0, logit_stride = 0,
+               workspace_bytes = 0;
 
   [[nodiscard]] float scale(const AttentionParams& p) const {
     return p.softmax_scale != 0.0f ? p.softmax_scale : 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
@@ -69,6 +76,7 @@ struct DecodeTuning {
   std::int64_t min_split_bytes = 16 * 1024;    // a split reads at least this much KV data (amortises its merge)
   int max_splits = decode_max_splits;          // at most decode_max_splits
   DecodeKernel kernel = DecodeKernel::automatic;
+  bool importance = false;                     // plan for importance bookkeeping (see DecodePlan::importance)
 };
 
 // Thread blocks per SM the host planner assumes when DecodeTuning::blocks_per_sm is 0.
@@ -122,16 +130,25 @@ inline DecodePlan plan_decode(const DecodeShape& shape, std::int64_t max_length,
     const std::int64_t busy = blocks * splits, waves = (busy + slots - 1) / slots;
     return static_cast<double>(busy) / static_cast<double>(waves * slots) - 0.05 * static_cast<double>(waves - 1);
   };
+  // Importance: the splits of a group wait for each other, so every block must be resident at once (one wave).
+  const std::int64_t most_resident = tuning.importance ? std::max<std::int64_t>(1, slots / blocks) : most;
   std::int64_t splits = 1;
-  for (std::int64_t s = 2; s <= most; ++s)
+  for (std::int64_t s = 2; s <= std::min(most, most_resident); ++s)
     if (score(s) >= score(splits)) splits = s;
   plan.splits = static_cast<int>(splits);
+  plan.importance = tuning.importance;
+  const std::int64_t groups = std::int64_t{shape.batch} * shape.kv_heads * plan.head_chunks;
   if (plan.splits > 1) {
     const std::int64_t rows = std::int64_t{shape.batch} * shape.q_heads * plan.splits;
     plan.partial_offset = 0;
     plan.lse_offset = align16(rows * shape.head_dim * 4);
     plan.counter_offset = plan.lse_offset + align16(rows * 4);
-    plan.workspace_bytes = plan.counter_offset + align16(std::int64_t{shape.batch} * shape.kv_heads * plan.head_chunks * 4);
+    plan.workspace_bytes = plan.counter_offset + align16(groups * 4 * (plan.importance ? 2 : 1));
+  }
+  if (plan.importance) {
+    plan.logit_stride = std::max<std::int64_t>(4, (max_length + 3) / 4 * 4);
+    plan.logit_offset = plan.workspace_bytes;
+    plan.workspace_bytes += align16(std::int64_t{shape.batch} * shape.q_heads * plan.logit_stride * 4);
   }
   return plan;
 }

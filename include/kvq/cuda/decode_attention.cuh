@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include "kvq/attention/decode_plan.hpp"
+#include "kvq/attention/importance.hpp"
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/cache/token_address.hpp"
@@ -92,7 +93,9 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
   const int heads_here = min(GroupWidth, a.group - chunk * GroupWidth);
 
   const int sequence = a.sequences[b];
-  const bool valid_sequence = sequence >= 0 && sequence < v.max_sequences;
+  // A slot outside the cache, or (importance) a sequence longer than the plan's logit rows: NaN rows.
+  const bool valid_sequence = sequence >= 0 && sequence < v.max_sequences &&
+                              (a.importance.scores == nullptr || v.lengths[sequence] <= a.logit_stride);
   const std::int64_t length = valid_sequence ? v.lengths[sequence] : 0;
   const std::int64_t quantized = valid_sequence ? v.quantized[sequence] : 0;
   const std::int64_t chunk_tokens = ((length + a.splits - 1) / a.splits + 31) / 32 * 32;
@@ -120,7 +123,9 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
   }
 
   // Scores U tokens (keys already in the scoring domain) and folds their values into the slot's softmax state.
-  auto attend = [&](float (&key)[U][N], float (&value)[U][N], const bool (&live)[U]) {
+  // Token of step u of a loop at `base`: base + u * slots + slot.
+  const bool keep_logits = a.importance.scores != nullptr && lane_in_token == 0;
+  auto attend = [&](float (&key)[U][N], float (&value)[U][N], const bool (&live)[U], std::int64_t base) {
     float score[U][GroupWidth];
 #pragma unroll
     for (int u = 0; u < U; ++u)
@@ -132,6 +137,7 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
 #pragma unroll
         for (int mask = 1; mask < L; mask *= 2) s += __shfl_xor_sync(0xFFFFFFFFu, s, mask);
         score[u][h] = a.soft_cap > 0.0f ? a.soft_cap * log2_e * tanhf(s * a.scale_log2 / a.soft_cap) : s * a.scale_log2;
+        if (keep_logits && live[u] && h < heads_here) store_logit(a, b, first_head + h, base + u * slots + slot, score[u][h]);
       }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -176,7 +182,7 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
           if (keys_rotated_domain) rotate_lanes<D, N, L>(key[u], lane_in_token, a.params.key.seed, false);
         if constexpr (V::rotated) rotate_lanes<D, N, L>(value[u], lane_in_token, a.params.value.seed, false);
       }
-      attend(key, value, live);
+      attend(key, value, live, base);
     }
   };
 
@@ -220,7 +226,7 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
           rope_lanes<D, N, L>(key[u], lane_in_token, t, a.rope, a.style);
         }
       }
-      attend(key, value, live);
+      attend(key, value, live, base);
     }
     // Window: slots follow the token order from the first window token, wrapping at window_capacity.
     const std::int64_t w_from = max(begin, sinks + quantized);
@@ -257,7 +263,8 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
   __syncthreads();
 
   finish_decode_block<V, D, GroupWidth, G::warps, G::threads>(a, merge_acc, merge_max, merge_sum, valid_sequence, b, split,
-                                                                  first_head, heads_here);
+                                                                  first_head, heads_here,
+                                                                  DecodeBlockRange{sequence, kv_head, begin, end});
 }
 
 }  // namespace detail
@@ -291,9 +298,10 @@ inline int device_sm_count() {
 // Zeroes the workspace's arrival counters; needed once before a workspace is first used (every call leaves them
 // zero again).
 inline void clear_decode_workspace_async(const DecodePlan& plan, void* workspace, cudaStream_t stream) {
-  if (plan.workspace_bytes == 0) return;
+  if (plan.splits == 1) return;  // no counters
+  const std::int64_t counters_end = plan.importance ? plan.logit_offset : plan.workspace_bytes;
   check(cudaMemsetAsync(static_cast<std::uint8_t*>(workspace) + plan.counter_offset, 0,
-                        static_cast<std::size_t>(plan.workspace_bytes - plan.counter_offset), stream),
+                        static_cast<std::size_t>(counters_end - plan.counter_offset), stream),
         "decode attention: clear workspace");
 }
 
@@ -303,13 +311,16 @@ inline void clear_decode_workspace_async(const DecodePlan& plan, void* workspace
 //   sequences [batch] cache sequence slots (device memory); a slot outside the cache gives NaN rows;
 //   workspace plan.workspace_bytes of device memory, 16-byte aligned, cleared once (clear_decode_workspace_async).
 // Query head h attends with KV head h / (q_heads / kv_heads). A sequence without tokens gives zeros.
+// importance (optional; kvq/attention/importance.hpp): device array, indexed by the cache sequence slot, whose
+// rows get this step's attention probabilities added; needs a plan made with DecodeTuning::importance, whose
+// max_length bounds every sequence's length (a longer sequence gets NaN rows and no importance).
 // Asynchronous on `stream`; nothing is allocated. Valid inside CUDA-graph capture.
 template <class Tier, TensorElement Query, TensorElement Out>
 void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& params,
                             const RopeTable<Tier::KeyPolicy::head_dim>& rope, RopeStyle style, const DecodePlan& plan,
                             const AttentionParams& attention, const Query* query, Out* out,
                             const std::int32_t* sequences, void* workspace, std::int64_t workspace_bytes,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const ImportanceView& importance = {}) {
   constexpr int d = Tier::KeyPolicy::head_dim;
   const DecodeShape& s = plan.shape;
   kvq::detail::check_decode_shape(s);
@@ -325,6 +336,10 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
   require(std::isfinite(attention.softmax_scale) && attention.softmax_scale >= 0.0f && std::isfinite(attention.soft_cap) &&
               attention.soft_cap >= 0.0f,
           ErrorCode::invalid_argument, "decode attention: softmax_scale and soft_cap must be finite and >= 0");
+  require(!importance.enabled() || plan.importance, ErrorCode::invalid_argument,
+          "decode attention: importance bookkeeping needs a plan made with DecodeTuning::importance");
+  if (importance.enabled())
+    kvq::detail::check_importance_view(importance, view.max_sequences, view.kv_heads, plan.max_length);
   if (s.batch == 0) return;
   require(query != nullptr && out != nullptr && sequences != nullptr, ErrorCode::invalid_argument,
           "decode attention: query, out and sequences must not be null");
@@ -351,7 +366,11 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
                                             attention.soft_cap,
                                             reinterpret_cast<float*>(base + plan.partial_offset),
                                             reinterpret_cast<float*>(base + plan.lse_offset),
-                                            reinterpret_cast<unsigned*>(base + plan.counter_offset)};
+                                            reinterpret_cast<unsigned*>(base + plan.counter_offset),
+                                            importance,
+                                            reinterpret_cast<float*>(base + plan.logit_offset),
+                                            plan.logit_stride};
+  const bool cooperative = importance.enabled() && plan.splits > 1;
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(s.kv_heads * plan.head_chunks),
                   static_cast<unsigned>(s.batch));
   const bool tensor_core = detail::takes_tensor_core_kernel<Tier>(view, plan.kernel);
@@ -359,20 +378,22 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
     if (tensor_core) {
       const bool soft_cap = attention.soft_cap > 0.0f;
       if (plan.group_width == 4) {
-        soft_cap ? detail::launch_decode_attention_mma<Tier, 4, true>(args, grid, stream)
-                 : detail::launch_decode_attention_mma<Tier, 4, false>(args, grid, stream);
+        soft_cap ? detail::launch_decode_attention_mma<Tier, 4, true>(args, grid, cooperative, stream)
+                 : detail::launch_decode_attention_mma<Tier, 4, false>(args, grid, cooperative, stream);
       } else {
-        soft_cap ? detail::launch_decode_attention_mma<Tier, 8, true>(args, grid, stream)
-                 : detail::launch_decode_attention_mma<Tier, 8, false>(args, grid, stream);
+        soft_cap ? detail::launch_decode_attention_mma<Tier, 8, true>(args, grid, cooperative, stream)
+                 : detail::launch_decode_attention_mma<Tier, 8, false>(args, grid, cooperative, stream);
       }
       check_launch("decode attention (tensor cores)");
       return;
     }
   }
   if (plan.group_width == 4) {
-    detail::decode_attention_kernel<Tier, 4><<<grid, detail::DecodeGeometry<d, 4>::threads, 0, stream>>>(args);
+    detail::launch_decode_kernel(detail::decode_attention_kernel<Tier, 4, Query, Out>, args, grid,
+                                 detail::DecodeGeometry<d, 4>::threads, 0, cooperative, stream);
   } else {
-    detail::decode_attention_kernel<Tier, 8><<<grid, detail::DecodeGeometry<d, 8>::threads, 0, stream>>>(args);
+    detail::launch_decode_kernel(detail::decode_attention_kernel<Tier, 8, Query, Out>, args, grid,
+                                 detail::DecodeGeometry<d, 8>::threads, 0, cooperative, stream);
   }
   check_launch("decode attention");
 }
@@ -428,11 +449,11 @@ template <class Tiers, TensorElement Query, TensorElement Out>
 void decode_attention_async(const PagedKVCache<Tiers>& cache, int layer, const DecodePlan& plan,
                             const AttentionParams& attention, const Query* query, Out* out,
                             const std::int32_t* sequences, void* workspace, std::int64_t workspace_bytes,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const ImportanceView& importance = {}) {
   const CacheLayerView view = cache.view(layer);
   Tiers::visit(view.tier, [&]<class Tier>() {
     decode_attention_async<Tier>(view, cache.template params<Tier>(layer), cache.rope_table(), cache.config().rope.style,
-                                 plan, attention, query, out, sequences, workspace, workspace_bytes, stream);
+                                 plan, attention, query, out, sequences, workspace, workspace_bytes, stream, importance);
   });
 }
 

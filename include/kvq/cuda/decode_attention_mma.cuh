@@ -164,7 +164,9 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
   const int heads_here = min(H, a.group - chunk * H);
 
   const int sequence = a.sequences[b];
-  const bool valid_sequence = sequence >= 0 && sequence < v.max_sequences;
+  // A slot outside the cache, or (importance) a sequence longer than the plan's logit rows: NaN rows.
+  const bool valid_sequence = sequence >= 0 && sequence < v.max_sequences &&
+                              (a.importance.scores == nullptr || v.lengths[sequence] <= a.logit_stride);
   const std::int64_t length = valid_sequence ? v.lengths[sequence] : 0;
   const std::int64_t quantized = valid_sequence ? v.quantized[sequence] : 0;
   const std::int64_t chunk_tokens = ((length + a.splits - 1) / a.splits + 31) / 32 * 32;
@@ -456,7 +458,10 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
   };
 
   // Folds a tile's raw scores into the softmax state and returns P^T as the B operand of the value mma.
-  auto softmax = [&](float (&p)[2][2], const bool (&live)[2], std::uint32_t& p0, std::uint32_t& p1) {
+  // Rows g, g + 8 of a tile are tokens first_token + g, first_token + g + 8 (importance keeps their logits).
+  const bool keep_logits = a.importance.scores != nullptr;
+  auto softmax = [&](float (&p)[2][2], const bool (&live)[2], std::uint32_t& p0, std::uint32_t& p1,
+                     std::int64_t first_token) {
     if constexpr (H == 4 && KG >= 2) {  // the other group's half of each score
 #pragma unroll
       for (int row = 0; row < 2; ++row)
@@ -467,6 +472,13 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
     for (int row = 0; row < 2; ++row)
 #pragma unroll
       for (int j = 0; j < 2; ++j) p[row][j] = live[row] && head_on[j] ? logit(p[row][j]) : -INFINITY;
+    if (keep_logits) {
+#pragma unroll
+      for (int row = 0; row < 2; ++row)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (live[row] && head_on[j]) store_logit(a, b, first_head + 2 * t + j, first_token + g + 8 * row, p[row][j]);
+    }
     float top[2];
 #pragma unroll
     for (int j = 0; j < 2; ++j) top[j] = fmaxf(p[0][j], p[1][j]);
@@ -541,7 +553,7 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
       float raw[2][2];
       fp16_scores(f, q, raw);
       std::uint32_t p0, p1;
-      softmax(raw, f.key_live, p0, p1);
+      softmax(raw, f.key_live, p0, p1, base);
       constexpr int words = M::value_chunk / 2;
       std::uint32_t w[4][words];
 #pragma unroll
@@ -636,7 +648,7 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
       } else {
         fp16_scores(f, q_fp16, raw);
       }
-      softmax(raw, f.key_live, p0, p1);
+      softmax(raw, f.key_live, p0, p1, sinks + index);
     }
     decode_values.template operator()<Masked>(stage, index, vf);
   };
@@ -696,7 +708,7 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
   }
   __syncthreads();
   finish_decode_block<V, D, H, warps, threads>(a, merge_acc, merge_max, merge_sum, valid_sequence, b, split, first_head,
-                                               heads_here);
+                                               heads_here, DecodeBlockRange{sequence, kv_head, begin, end});
 }
 
 template <class Tier, int GroupWidth, bool SoftCap, class Query, class Out>
@@ -718,10 +730,12 @@ void prepare_decode_attention_mma() {
 }
 
 template <class Tier, int GroupWidth, bool SoftCap, class Query, class Out>
-void launch_decode_attention_mma(const DecodeArgs<Tier, Query, Out>& args, dim3 grid, cudaStream_t stream) {
+void launch_decode_attention_mma(const DecodeArgs<Tier, Query, Out>& args, dim3 grid, bool cooperative,
+                                 cudaStream_t stream) {
   prepare_decode_attention_mma<Tier, GroupWidth, SoftCap, Query, Out>();
-  mma_decode_kernel<Tier, GroupWidth, SoftCap, Query, Out><<<grid, MmaDecode<Tier, GroupWidth>::threads,
-                                                              MmaDecode<Tier, GroupWidth>::shared_bytes, stream>>>(args);
+  launch_decode_kernel(mma_decode_kernel<Tier, GroupWidth, SoftCap, Query, Out>, args, grid,
+                       MmaDecode<Tier, GroupWidth>::threads, MmaDecode<Tier, GroupWidth>::shared_bytes, cooperative,
+                       stream);
 }
 
 // Resident blocks per SM of the kernel a tier and group width use (the planner sizes one wave with it).

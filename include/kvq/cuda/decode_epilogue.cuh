@@ -10,10 +10,12 @@
 #include <type_traits>
 
 #include "kvq/attention/decode_plan.hpp"
+#include "kvq/attention/importance.hpp"
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/core/element.hpp"
 #include "kvq/core/rope.hpp"
+#include "kvq/cuda/error.cuh"
 #include "kvq/cuda/mma_fragments.cuh"
 #include "kvq/cuda/paged_cache.cuh"
 #include "kvq/quant/rotation.hpp"
@@ -34,7 +36,53 @@ struct DecodeArgs {
   float soft_cap;
   float* partial;                // workspace, see DecodePlan
   float* lse;
-  unsigned* counters;
+  unsigned* counters;            // arrivals; with importance, departures follow at counters + groups
+  ImportanceView importance;     // disabled: no bookkeeping
+  float* logits;                 // importance: [batch][q_heads][logit_stride] log2-domain logits of the step
+  std::int64_t logit_stride;
+};
+
+// Importance bookkeeping: a block's token logits, stored as the kernels score them (log2 domain, soft cap
+// applied), to be turned into probabilities once the call's log-sum-exp is known (finish_decode_block).
+template <class Args>
+__device__ __forceinline__ void store_logit(const Args& a, int b, int head, std::int64_t token, float logit) {
+  __stcg(a.logits + (std::int64_t{b} * a.q_heads + head) * a.logit_stride + token, logit);
+}
+
+// Launches a decode kernel; `cooperative` (importance with splits: the splits wait for each other) makes the
+// launch fail rather than start a grid whose blocks cannot all be resident. Valid in CUDA-graph capture.
+template <class Args>
+void launch_decode_kernel(void (*kernel)(Args), const Args& args, dim3 grid, int threads, int shared_bytes,
+                          bool cooperative, cudaStream_t stream) {
+  if (!cooperative) {
+    kernel<<<grid, threads, shared_bytes, stream>>>(args);
+    return;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<std::size_t>(shared_bytes);
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeCooperative;
+  attribute.val.cooperative = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  check(cudaLaunchKernelEx(&config, kernel, args), "decode attention: cooperative launch (importance bookkeeping)");
+}
+
+// A counter other blocks write, read with acquire semantics at GPU scope (what they published before their
+// increment is visible after it).
+__device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
+  unsigned value;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(counter) : "memory");
+  return value;
+}
+
+// The token range a block covers and whose importance it adds (finish_decode_block).
+struct DecodeBlockRange {
+  int sequence, kv_head;
+  std::int64_t begin, end;
 };
 
 // Block epilogue, called by all threads of the block after each warp w stored its state for every head h of the
@@ -42,13 +90,35 @@ struct DecodeArgs {
 // (unnormalised output): block result per head, then (splits > 1) the fp32 partial and its log2-sum-exp to the
 // workspace and, in the last block of the (sequence, KV head) to arrive, the combination of all splits in a fixed
 // order; rotated values are rotated back; the output is written.
+//
+// With importance (a.importance enabled), every block also adds the probabilities of its tokens [begin, end) to the
+// importance rows: the splits of the (sequence, KV head, chunk) wait for each other at the arrival counter (the
+// launch is cooperative, so they are all resident), each computes the call's log-sum-exp from all splits', turns
+// its stored logits into probabilities and adds them; the last block to depart combines the outputs as above.
+template <int GroupWidth, int Threads, class Args>
+__device__ __forceinline__ void add_importance(const Args& a, const float (&lse)[GroupWidth], int b, int first_head,
+                                               int heads_here, const DecodeBlockRange& range) {
+  float* const row = a.importance.scores + range.sequence * a.importance.sequence_stride +
+                     range.kv_head * a.importance.head_stride;
+  const float* const logits = a.logits + (std::int64_t{b} * a.q_heads + first_head) * a.logit_stride;
+  for (std::int64_t token = range.begin + threadIdx.x; token < range.end; token += Threads) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int h = 0; h < GroupWidth; ++h)
+      if (h < heads_here) sum += exp2f(__ldcg(logits + h * a.logit_stride + token) - lse[h]);
+    atomicAdd(row + token, sum);  // one block per element unless the group is served in chunks
+  }
+}
+
 template <class V, int D, int GroupWidth, int Warps, int Threads, class Args>
 __device__ __forceinline__ void finish_decode_block(const Args& a, float (&merge_acc)[Warps][GroupWidth][D],
                                                     const float (&merge_max)[Warps][GroupWidth],
                                                     const float (&merge_sum)[Warps][GroupWidth], bool valid_sequence,
-                                                    int b, int split, int first_head, int heads_here) {
+                                                    int b, int split, int first_head, int heads_here,
+                                                    const DecodeBlockRange& range) {
   __shared__ float final_lse[GroupWidth];
   __shared__ bool last_block;
+  const bool importance = a.importance.scores != nullptr && valid_sequence;
   // Block result per head: normalised output (into merge_acc[0]) and log2-sum-exp. A NaN sum stays NaN.
   for (int i = threadIdx.x; i < GroupWidth * D; i += Threads) {
     const int h = i / D, c = i % D;
@@ -66,6 +136,7 @@ __device__ __forceinline__ void finish_decode_block(const Args& a, float (&merge
     if (c == 0) final_lse[h] = sum == 0.0f ? -INFINITY : top + log2f(sum);
   }
   __syncthreads();
+  if (importance && a.splits == 1) add_importance<GroupWidth, Threads>(a, final_lse, b, first_head, heads_here, range);
 
   if (a.splits > 1) {
     for (int i = threadIdx.x; i < heads_here * D; i += Threads) {
@@ -77,10 +148,47 @@ __device__ __forceinline__ void finish_decode_block(const Args& a, float (&merge
     // Publish the partial, then take a ticket; the block that arrives last combines every split.
     __threadfence();
     __syncthreads();
-    unsigned* counter = a.counters + std::int64_t{b} * gridDim.y + blockIdx.y;
-    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == static_cast<unsigned>(a.splits - 1);
-    __syncthreads();
-    if (!last_block) return;
+    const std::int64_t group_index = std::int64_t{b} * gridDim.y + blockIdx.y;
+    unsigned* counter = a.counters + group_index;
+    if (a.importance.scores != nullptr) {
+      // Wait for every split (all resident: cooperative launch), then the call's log-sum-exp per head from the
+      // splits' (in the same order as the combine, so every block gets the same value).
+      unsigned* departures = a.counters + std::int64_t{gridDim.z} * gridDim.y + group_index;
+      if (threadIdx.x == 0) {
+        atomicAdd(counter, 1u);  // after the __threadfence above: the partial is visible first
+        while (load_acquire(counter) < static_cast<unsigned>(a.splits)) __nanosleep(100);
+      }
+      __syncthreads();
+      if (importance) {
+        for (int h = threadIdx.x / 32; h < heads_here; h += Threads / 32) {
+          const float* const lse = a.lse + (std::int64_t{b} * a.q_heads + first_head + h) * a.splits;
+          float top = -INFINITY;
+          for (int s = threadIdx.x % 32; s < a.splits; s += 32) top = fmaxf(top, __ldcg(lse + s));
+#pragma unroll
+          for (int mask = 16; mask > 0; mask /= 2) top = fmaxf(top, __shfl_xor_sync(0xFFFFFFFFu, top, mask));
+          float sum = 0.0f;
+          for (int s = threadIdx.x % 32; s < a.splits; s += 32) {
+            const float l = __ldcg(lse + s);
+            sum += l == -INFINITY ? 0.0f : exp2f(l - top);
+          }
+#pragma unroll
+          for (int mask = 16; mask > 0; mask /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, mask);
+          if (threadIdx.x % 32 == 0) final_lse[h] = sum == 0.0f ? INFINITY : top + log2f(sum);  // no tokens: adds 0
+        }
+        __syncthreads();
+        add_importance<GroupWidth, Threads>(a, final_lse, b, first_head, heads_here, range);
+      }
+      // Every block has read the log-sum-exps: the last to depart may overwrite them and resets both counters.
+      __syncthreads();
+      if (threadIdx.x == 0) last_block = atomicAdd(departures, 1u) == static_cast<unsigned>(a.splits - 1);
+      __syncthreads();
+      if (!last_block) return;
+      if (threadIdx.x == 0) *departures = 0u;
+    } else {
+      if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == static_cast<unsigned>(a.splits - 1);
+      __syncthreads();
+      if (!last_block) return;
+    }
     __threadfence();
     // Combine in parallel (the last block is on the critical path of the whole call). One warp per head loads the
     // splits' log2-sum-exp in one round trip (at most decode_max_splits, 8 a lane) and turns them into normalised

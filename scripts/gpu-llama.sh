@@ -8,6 +8,9 @@
 #   KVQ_SMOLLM2_GGUF=PATH       SmolLM2-135M-Instruct.Q4_1.gguf (default ~/.cache/kvq/...; skipped if absent)
 #   KVQ_SYNTHETIC="llama3-8b"   synthetic models;  KVQ_SYNTHETIC_PRESETS="fp16 q4_0"   their --kv presets
 #   KVQ_CONTEXT=32768  KVQ_CHUNK=1024  KVQ_DECODE=64   the synthetic runs' prompt, chunk and decode tokens
+#   KVQ_CONTEXTS="4096 32768"   several prompts (overrides KVQ_CONTEXT)
+#   KVQ_BUDGET_RUNS=1           also the 24 GiB claim: llama3-8b at 131072 tokens, --mem-budget 24GiB, q4_0 and fp16
+#   KVQ_GPU_TESTS=0             skip the GPU backend tests (tiny model, SmolLM2)
 #   KVQ_PREBUILT=DIR            kvq_llama and kvq_llama_gpu_tests built elsewhere for sm_90a (with
 #                               -DBUILD_SHARED_LIBS=ON: libkvq_llama_gpu.so beside them): used when they start here,
 #                               else the build step runs
@@ -35,6 +38,7 @@ else
     { grep -E "error" -A3 "$out/build.log" | head -60; exit 1; }
 fi
 
+if [[ "${KVQ_GPU_TESTS:-1}" == 1 ]]; then
 step "GPU backend tests (tiny model, memory plan)"
 "$bin/kvq_llama_gpu_tests" --test-suite=gpu,gpu_plan 2>&1 | tee "$out/tests_gpu.txt" | grep -E "MESSAGE|worst|chunk vs|ERROR|FAILED|Status|test cases" -A1
 grep -q "Status: SUCCESS" "$out/tests_gpu.txt" || status=1
@@ -47,15 +51,27 @@ if [[ -f "$smollm2" ]]; then
 else
   step "SmolLM2 not at $smollm2: its tests and generation skipped"
 fi
+fi
 
 for model in ${KVQ_SYNTHETIC:-llama3-8b}; do
-  for preset in ${KVQ_SYNTHETIC_PRESETS:-fp16 q4_0}; do
-    step "synthetic $model, --kv $preset, --context ${KVQ_CONTEXT:-32768}"
-    "$bin/kvq_llama" --synthetic "$model" --context "${KVQ_CONTEXT:-32768}" --chunk "${KVQ_CHUNK:-1024}" \
-      --tokens "${KVQ_DECODE:-64}" --kv "$preset" >"$out/synthetic_${model}_$preset.txt" 2>&1 || status=1
-    grep -vE "^\s*$" "$out/synthetic_${model}_$preset.txt" | tail -16
+  for context in ${KVQ_CONTEXTS:-${KVQ_CONTEXT:-32768}}; do
+    for preset in ${KVQ_SYNTHETIC_PRESETS:-fp16 q4_0}; do
+      step "synthetic $model, --kv $preset, --context $context"
+      "$bin/kvq_llama" --synthetic "$model" --context "$context" --chunk "${KVQ_CHUNK:-1024}" \
+        --tokens "${KVQ_DECODE:-64}" --kv "$preset" >"$out/synthetic_${model}_${context}_$preset.txt" 2>&1 || status=1
+      grep -E "tokens/s|GPU memory:|KV cache|error" "$out/synthetic_${model}_${context}_$preset.txt" | tail -6
+    done
   done
 done
+if [[ "${KVQ_BUDGET_RUNS:-0}" == 1 ]]; then
+  for preset in q4_0 fp16; do
+    step "24 GiB claim: synthetic llama3-8b, --context 131072, --kv $preset, --mem-budget 24GiB"
+    "$bin/kvq_llama" --synthetic llama3-8b --context 131072 --chunk "${KVQ_CHUNK:-1024}" --tokens 16 --kv "$preset" \
+      --mem-budget 24GiB >"$out/budget24_$preset.txt" 2>&1
+    echo "exit code $? (q4_0: 0 = ran; fp16: 1 = refused)"
+    grep -E "tokens/s|GPU memory|total|budget|refus|error" "$out/budget24_$preset.txt" | tail -8
+  done
+fi
 step "synthetic llama3-70b against --mem-budget 80GiB (a refusal is the expected outcome)"
 "$bin/kvq_llama" --synthetic llama3-70b --context 32768 --mem-budget 80GiB >"$out/refusal_70b.txt" 2>&1
 echo "exit code $? (1 = refused)"; tail -12 "$out/refusal_70b.txt"

@@ -249,10 +249,11 @@ void print_gpu_memory(const GpuBackend& backend) {
   const GpuMemoryPlan& plan = backend.memory_plan();
   fmt::print(
       "GPU memory: planned {} for the backend's own allocations, allocated {}; device in use before them {} (CUDA "
-      "context; estimate was {}); peak in use {} of {} (cudaMemGetInfo after each step: context, cuBLAS's own, "
-      "allocation rounding included)\n",
+      "context; estimate was {}), after them {}; peak in use {} of {} (cudaMemGetInfo after each step: context, "
+      "cuBLAS's own, kernel images, allocation rounding included; planned total {})\n",
       format_bytes(plan.allocated()), format_bytes(use.allocated), format_bytes(use.used_at_start),
-      format_bytes(plan.cuda_context), format_bytes(use.peak_used), format_bytes(use.device_total));
+      format_bytes(plan.cuda_context), format_bytes(use.used_after_setup), format_bytes(use.peak_used),
+      format_bytes(use.device_total), format_bytes(plan.total()));
 }
 #endif
 

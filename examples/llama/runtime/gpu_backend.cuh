@@ -189,6 +189,7 @@ class GpuBackendImpl final : public GpuBackend {
     }
     // The whole device, not the stream: the codebook copies went through the legacy stream.
     cuda::check(cudaDeviceSynchronize(), "GPU backend: set-up");
+    used_after_setup_ = device_used_bytes();
     sample_memory();
   }
 
@@ -219,7 +220,7 @@ class GpuBackendImpl final : public GpuBackend {
 
   [[nodiscard]] const GpuMemoryPlan& memory_plan() const override { return plan_; }
   [[nodiscard]] GpuMemoryUse memory_use() const override {
-    return {memory_.bytes() + cache_.allocated_bytes(), device_total_, used_at_start_, peak_used_};
+    return {memory_.bytes() + cache_.allocated_bytes(), device_total_, used_at_start_, used_after_setup_, peak_used_};
   }
 
   std::span<const float> forward(std::span<const TokenId> tokens) override {
@@ -352,6 +353,7 @@ class GpuBackendImpl final : public GpuBackend {
   Stream stream_;
   std::int64_t device_total_ = 0;
   std::int64_t used_at_start_;
+  std::int64_t used_after_setup_ = 0;
   std::int64_t peak_used_ = 0;
   DeviceMemory memory_;
   cuda::PagedKVCache<Tiers> cache_;

@@ -79,6 +79,8 @@ struct GpuMemoryUse {
   std::int64_t device_total = 0;   // cudaMemGetInfo total
   std::int64_t used_at_start = 0;  // device memory in use when the backend began, after its CUDA context and
                                    // cuBLAS handle existed and before its first allocation
+  std::int64_t used_after_setup = 0;  // in use once the backend allocated everything, before its first step (the
+                                     // rest of the peak comes during steps: kernel images loaded lazily, cuBLAS)
   std::int64_t peak_used = 0;      // the most device memory in use seen (cudaMemGetInfo after each step)
 };
 

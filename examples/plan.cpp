@@ -238,7 +238,7 @@ void print_plan(const Options& o) {
     row(fmt::format("  attention: {}", attention), s.attention);
   };
   workspace(plan.prefill, fmt::format("prefill chunk of {} tokens", grouped(plan.prefill.tokens)), prefill_larger,
-            "one layer's K/V in fp16");
+            "none (prefill kernel reads pages in tiles)");
   workspace(plan.decode, fmt::format("decode, {} sequence(s)", r.batch), !prefill_larger, "split-KV partials");
   row("CUDA context (assumed)", plan.cuda_context);
   row("total", plan.total());

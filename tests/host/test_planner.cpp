@@ -146,14 +146,14 @@ TEST_CASE("the planner's KV bytes are what the cache allocates for the same conf
 TEST_CASE("workspace: prefill chunk and decode step, by hand") {
   const MemoryPlan plan = plan_memory(request("Llama-3-8B", "fp16", 131072));
   // Prefill, 2048 tokens: residual + normed 2 * 2048 * 4096 * 2; q, k, v, out 2048 * (32 + 8 + 8 + 32) * 128 * 2;
-  // gate + up 2 * 2048 * 14336 * 2; logits 2048 * 128256 * 4; one layer's K and V in fp16, 131072 * 8 * 128 * 2 * 2.
+  // gate + up 2 * 2048 * 14336 * 2; logits 2048 * 128256 * 4; attention none (the prefill kernel has no workspace).
   CHECK(plan.prefill.tokens == 2048);
   CHECK(plan.prefill.hidden_states == 33'554'432);
   CHECK(plan.prefill.projections == 41'943'040);
   CHECK(plan.prefill.mlp == 117'440'512);
   CHECK(plan.prefill.logits == 1'050'673'152);
-  CHECK(plan.prefill.attention == 536'870'912);
-  CHECK(plan.prefill.total() == 1'780'482'048);
+  CHECK(plan.prefill.attention == 0);
+  CHECK(plan.prefill.total() == 1'243'611'136);
   // Decode, batch 1: one token; the split-KV workspace is the decode kernel's own plan (fp16: 512 bytes per token
   // and head), whatever split count it picks.
   CHECK(plan.decode.tokens == 1);
@@ -184,11 +184,13 @@ TEST_CASE("largest context: monotone, and exact at the boundary") {
   CHECK(total(on24.tokens + 1) > 24 * gibibyte);
   CHECK(total(on24.tokens + r.assumptions.page_tokens) > 24 * gibibyte);
 
-  // A budget that is exactly some plan's total: that context fits, one token more does not (the prefill workspace
-  // grows with every token, so the total rises at every step).
-  const std::int64_t budget = total(100'000);
-  CHECK(largest_context(r, budget).tokens == 100'000);
-  CHECK(largest_context(r, budget - 1).tokens < 100'000);
+  // A budget that is exactly some plan's total: that context fits, one token more does not. The total grows a page
+  // at a time (the prefill workspace no longer depends on the context), so take a context that fills its last
+  // page: 100'096 = 391 pages of 256 tokens; every context of the same pages costs the same.
+  const std::int64_t budget = total(100'096);
+  CHECK(total(100'000) == budget);
+  CHECK(largest_context(r, budget).tokens == 100'096);
+  CHECK(largest_context(r, budget - 1).tokens == 99'840);  // 390 full pages
 
   // Monotone in the context and in the budget.
   std::int64_t previous = 0;

@@ -16,9 +16,8 @@
 //                 MLP             gate and up outputs, 16-bit, tokens x intermediate x 2 each
 //                 logits          fp32, tokens x vocab (every token of a prefill chunk is scored, as the
 //                                 evaluation harness does; an engine that scores only the last token needs less)
-//                 attention       prefill: one layer's keys and values of the sequence, dequantized to fp16 over
-//                                 the whole context (kvq has no prefill kernel over pages: the engine reads them
-//                                 with dequantize_range_async and runs a flash-style kernel, no score matrix);
+//                 attention       prefill: none (kvq::cuda::prefill_attention_async reads the pages in tiles
+//                                 through shared memory and takes no workspace, whatever the context);
 //                                 decode: the split-KV partials of plan_decode(), the decode kernel's own query
 //   CUDA context  a stated constant (`cuda_context_bytes`, 500 MiB by default: driver, context and cuBLAS
 //               handles; measure yours with nvidia-smi before the first allocation)
@@ -241,7 +240,7 @@ inline StepWorkspace step_activations(const ModelShape& m, std::int64_t tokens) 
   plan.kv = visit_preset(r.kv_preset, r.model.head_dim, [&]<class P>() { return detail::kv_cache_bytes<P>(r); });
 
   plan.prefill = detail::step_activations(r.model, std::min<std::int64_t>(r.assumptions.prefill_chunk_tokens, r.context));
-  plan.prefill.attention = r.context * r.model.kv_heads * r.model.head_dim * 2 * 2;
+  plan.prefill.attention = 0;  // prefill_attention_async: no workspace (tiles in shared memory)
 
   plan.decode = detail::step_activations(r.model, r.batch);
   const DecodePlan decode = plan_decode({r.batch, r.model.query_heads, r.model.kv_heads, r.model.head_dim}, r.context,

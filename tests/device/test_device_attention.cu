@@ -84,19 +84,13 @@ TEST_CASE("decode attention: one plan and one CUDA graph serve decode steps of g
   DeviceBuffer<f16> device_queries(queries);
   DeviceBuffer<std::int32_t> device_sequences(std::vector<std::int32_t>{2, 0, 1});
   DeviceBuffer<f16> out(static_cast<std::size_t>(batch) * q_heads * d, 0xFF);
-  cudaStream_t stream;
-  cuda::check(cudaStreamCreate(&stream), "stream");
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  cuda::check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-  cuda::decode_attention_async(cache, 0, plan, AttentionParams{}, device_queries.get(), out.get(), device_sequences.get(),
-                               workspace.buffer->get(), plan.workspace_bytes, stream);
-  cuda::check(cudaStreamEndCapture(stream, &graph), "end capture");
-  cuda::check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  CapturedGraph graph([&](cudaStream_t stream) {
+    cuda::decode_attention_async(cache, 0, plan, AttentionParams{}, device_queries.get(), out.get(),
+                                 device_sequences.get(), workspace.buffer->get(), plan.workspace_bytes, stream);
+  });
   for (int step = 0; step < 4; ++step) {
     fill(cache, {1 + step * 300, 40, 1}, rng);  // lengths change between replays; the grid does not
-    cuda::check(cudaGraphLaunch(exec, stream), "replay");
-    cuda::check(cudaStreamSynchronize(stream), "replay sync");
+    graph.replay();
     const auto got = out.download();
     const HostLayer host = download_layer(cache, 0);
     const std::vector<int> order{2, 0, 1};
@@ -116,9 +110,6 @@ TEST_CASE("decode attention: one plan and one CUDA graph serve decode steps of g
       CHECK(std::sqrt(error / norm) <= 1e-3 + 1.0 / 2048);
     }
   }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
 }
 
 TEST_CASE("decode attention: empty sequence gives zeros, a slot outside the cache gives NaN, batch 0 does nothing") {

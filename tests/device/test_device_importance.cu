@@ -59,19 +59,13 @@ TEST_CASE("importance: a CUDA graph replayed over growing sequences adds each st
   DeviceBuffer<float> importance(std::vector<float>(2 * 2 * stride, 0.0f));
   std::vector<double> expected(2 * 2 * stride, 0.0);
   const ImportanceView view{importance.get(), 2 * stride, stride};
-  cudaStream_t stream;
-  cuda::check(cudaStreamCreate(&stream), "stream");
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  cuda::check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-  cuda::decode_attention_async(cache, 0, plan, AttentionParams{}, device_queries.get(), out.get(), device_sequences.get(),
-                               workspace.buffer->get(), plan.workspace_bytes, stream, view);
-  cuda::check(cudaStreamEndCapture(stream, &graph), "end capture");
-  cuda::check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  CapturedGraph graph([&](cudaStream_t stream) {
+    cuda::decode_attention_async(cache, 0, plan, AttentionParams{}, device_queries.get(), out.get(),
+                                 device_sequences.get(), workspace.buffer->get(), plan.workspace_bytes, stream, view);
+  });
   for (int step = 0; step < 4; ++step) {
     fill(cache, {1 + step * 300, 1}, rng);  // lengths change between replays; the grid does not
-    cuda::check(cudaGraphLaunch(exec, stream), "replay");
-    cuda::check(cudaStreamSynchronize(stream), "replay sync");
+    graph.replay();
     const HostLayer host = download_layer(cache, 0);
     const std::vector<int> order{1, 0};
     for (int b = 0; b < batch; ++b) {
@@ -91,9 +85,6 @@ TEST_CASE("importance: a CUDA graph replayed over growing sequences adds each st
     INFO("step " << step << ": worst excess over the budget " << worst);
     CHECK(worst <= 0);
   }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
 }
 
 TEST_CASE("importance: refused without an importance plan or with rows too short; NaN rows past the plan's length") {

@@ -121,6 +121,35 @@ std::vector<Q> random_queries(std::size_t count, std::mt19937& rng) {
   return q;
 }
 
+// What `record(stream)` enqueues, captured once as a CUDA graph on its own stream; replay() launches it and waits.
+class CapturedGraph {
+ public:
+  template <class Record>
+  explicit CapturedGraph(Record&& record) {
+    cuda::check(cudaStreamCreate(&stream_), "stream");
+    cuda::check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capture");
+    record(stream_);
+    cuda::check(cudaStreamEndCapture(stream_, &graph_), "end capture");
+    cuda::check(cudaGraphInstantiate(&exec_, graph_, 0), "instantiate");
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  ~CapturedGraph() {
+    cudaGraphExecDestroy(exec_);
+    cudaGraphDestroy(graph_);
+    cudaStreamDestroy(stream_);
+  }
+  void replay() {
+    cuda::check(cudaGraphLaunch(exec_, stream_), "replay");
+    cuda::check(cudaStreamSynchronize(stream_), "replay sync");
+  }
+
+ private:
+  cudaStream_t stream_{};
+  cudaGraph_t graph_{};
+  cudaGraphExec_t exec_{};
+};
+
 struct Workspace {
   DecodePlan plan;
   std::unique_ptr<DeviceBuffer<std::uint8_t>> buffer;

@@ -321,7 +321,7 @@ TEST_CASE("eviction policies: StreamingLLM, H2O and SnapKV choose what they prom
   SUBCASE("streaming: sinks and the most recent tokens, the same in every layer and head") {
     auto cache = filled_cache<PerTokenTier>(config, length, rng);
     const StreamingLLM policy{.sink_tokens = 4, .recent_tokens = 20};
-    CHECK(evict(cache, nullptr, 0, policy, policy.budget() - 1));  // room for one incoming token
+    CHECK(evict(cache, nullptr, 0, policy, policy.budget() - 1).has_value());  // room for one incoming token
     CHECK(cache.sequences().sequence(0).length == 23);
     const TokenSelection s = policy.select({2, 2, 0, length, nullptr}, 23);
     for (int layer = 0; layer < 2; ++layer)
@@ -331,7 +331,7 @@ TEST_CASE("eviction policies: StreamingLLM, H2O and SnapKV choose what they prom
         CHECK(row[4] == length - 19);
         CHECK(row.back() == length - 1);
       }
-    CHECK_FALSE(evict(cache, nullptr, 0, policy, policy.budget()));  // within budget: a no-op
+    CHECK_FALSE(evict(cache, nullptr, 0, policy, policy.budget()).has_value());  // within budget: a no-op
   }
 
   SUBCASE("h2o: per head, the highest accumulated importance outside the recent window; rows compacted with it") {
@@ -346,7 +346,7 @@ TEST_CASE("eviction policies: StreamingLLM, H2O and SnapKV choose what they prom
     const ImportanceScores original = importance;
     const HeavyHitters policy{.budget_tokens = 30, .recent_tokens = 10, .sink_tokens = 1};
     const TokenSelection s = policy.select({2, 2, 0, length, &importance}, 30);
-    CHECK(evict(cache, &importance, 0, policy, 30));
+    CHECK(evict(cache, &importance, 0, policy, 30).has_value());
     for (int layer = 0; layer < 2; ++layer)
       for (int head = 0; head < 2; ++head) {
         const auto row = s.row(layer, head);
@@ -448,8 +448,8 @@ TEST_CASE("edges: keeping everything is a no-op; one token; the freed pages show
   const auto bytes = std::vector<std::uint8_t>(cache.storage(0).pages.begin(), cache.storage(0).pages.end());
   cache.retain(0, TokenSelection(2, 2, 200));                        // every token: nothing moves
   CHECK(std::equal(bytes.begin(), bytes.end(), cache.storage(0).pages.begin()));
-  CHECK_FALSE(evict(cache, nullptr, 0, StreamingLLM{.sink_tokens = 1, .recent_tokens = 300}, 300));
-  CHECK(evict(cache, nullptr, 0, StreamingLLM{.sink_tokens = 1, .recent_tokens = 99}, 100));
+  CHECK_FALSE(evict(cache, nullptr, 0, StreamingLLM{.sink_tokens = 1, .recent_tokens = 300}, 300).has_value());
+  CHECK(evict(cache, nullptr, 0, StreamingLLM{.sink_tokens = 1, .recent_tokens = 99}, 100).has_value());
   CHECK(cache.pages_in_use_bytes() == 4 * page_bytes);               // 97 quantized tokens
   CHECK(cache.allocated_bytes() == cache.memory().total_bytes());    // the allocation itself is fixed
   const Snapshot before = snapshot(cache, 0);

@@ -31,6 +31,11 @@ struct KvCacheOptions {
   // Calibrated codebooks for a preset that takes them (nuq*), instead of its calibration-free defaults; null = the
   // defaults. Shared because the cache's parameters point into it.
   std::shared_ptr<const KvCalibration> calibration;
+  // Token eviction (runtime/kv_importance.hpp, "h2o:256" etc.); empty = keep every token. CPU backend only: the GPU
+  // backend refuses it.
+  std::string evict;
+  // Per-token precision tiers (runtime/kv_importance.hpp, "0.1" or "0.1:32"); empty = none. CPU backend only.
+  std::string promote;
 };
 
 struct KvCacheReport {
@@ -62,7 +67,12 @@ class Backend {
       offset += row.size();
     }
   }
-  [[nodiscard]] virtual std::int64_t position() const = 0;  // tokens in the cache
+  // The next sequence (after reset()) starts with a prompt of `tokens` tokens: a backend whose cache compresses the
+  // prompt once it is complete (--evict snapkv) does so when its position reaches it. Others ignore it.
+  virtual void set_prompt_length(std::int64_t tokens) { static_cast<void>(tokens); }
+  // Tokens in the cache, which is also the position the next token takes (with eviction, fewer than the tokens run
+  // since reset(): kept tokens are re-positioned contiguously, docs/importance.md).
+  [[nodiscard]] virtual std::int64_t position() const = 0;
   [[nodiscard]] virtual KvCacheReport kv_cache() const = 0;
   virtual void reset() = 0;  // empties the sequence
 };

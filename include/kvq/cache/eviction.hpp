@@ -22,6 +22,9 @@
 #include <concepts>
 #include <cstdint>
 #include <numeric>
+#include <optional>
+#include <span>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -188,13 +191,15 @@ struct SnapKV {
 };
 
 // Evicts `sequence` of `cache` (HostPagedKVCache) down to `keep` tokens chosen by `policy`, compacting `importance`
-// (when given) with the same selection. A sequence of `keep` tokens or fewer is left alone. Returns whether tokens
-// were dropped. Any error (policy, scores, selection) is thrown before the cache or the scores change.
+// (when given) with the same selection. A sequence of `keep` tokens or fewer is left alone. Returns the selection
+// applied (for anything else indexed by token, e.g. PromotedTokens::retain), or nothing if no token was dropped.
+// Any error (policy, scores, selection) is thrown before the cache or the scores change.
 template <class Cache, EvictionPolicy Policy>
-bool evict(Cache& cache, ImportanceScores* importance, int sequence, const Policy& policy, std::int64_t keep) {
+std::optional<TokenSelection> evict(Cache& cache, ImportanceScores* importance, int sequence, const Policy& policy,
+                                    std::int64_t keep) {
   const std::int64_t length = cache.sequences().sequence(sequence).length;
   policy.validate();
-  if (length <= keep) return false;
+  if (length <= keep) return std::nullopt;
   const EvictionContext context{cache.config().layers, cache.config().kv_heads, sequence, length, importance};
   const TokenSelection selection = policy.select(context, keep);
   selection.validate(context.layers, context.kv_heads, length);
@@ -204,7 +209,7 @@ bool evict(Cache& cache, ImportanceScores* importance, int sequence, const Polic
             ErrorCode::invalid_argument, "evict: the importance scores do not match the cache's shape");
   cache.retain(sequence, selection);
   if (importance != nullptr) importance->retain(sequence, selection, length);
-  return true;
+  return selection;
 }
 
 }  // namespace kvq

@@ -310,9 +310,7 @@ int run(int argc, char** argv) {
 #ifdef KVQ_LLAMA_HAS_GPU
   GpuBackend* gpu_backend = nullptr;
   if (gpu) {
-    require(kv.evict.empty() && kv.promote.empty(), ErrorCode::invalid_argument,
-            "--evict and --promote run on the CPU backend only (the device cache cannot compact or hold promoted "
-            "copies yet); add --backend cpu");
+    require_host_only_schemes_absent(kv);  // before the GPU memory plan is printed
     GpuOptions gpu_options;
     gpu_options.max_chunk_tokens = static_cast<int>(std::min<std::int64_t>(options.chunk, prompt_tokens));
     gpu_options.memory_budget = options.memory_budget;

@@ -47,8 +47,9 @@ constexpr const char* usage = R"(usage: kvq_eval --model PATH --text FILE [optio
   --label NAME         name of the text in the report (default: the file name)
   --presets LIST       comma-separated presets, NAME or NAME:cal (calibrated codebooks from --calibration),
                        each optionally +SCHEME for token eviction on top and/or +promote:F[:W] for int8 copies
-                       of the most attended fraction F of tokens (runtime/kv_importance.hpp), e.g.
-                       int8+h2o:256, int8+streaming:256, fp16+snapkv:512, rot3+promote:0.1; default: {}
+                       of the most attended fraction F of tokens (runtime/kv_importance.hpp) and/or +window:N
+                       for an fp16 window of at least N tokens (kvq_llama --window), e.g. int8+h2o:256,
+                       int8+streaming:256, fp16+snapkv:512, rot3+promote:0.1:16, rot3+window:16; default: {}
   --calibration FILE   codebooks from kvq_calibrate, for the NAME:cal presets
   --window N           tokens per window (default 512; at most the model's context)
   --stride N           predictions scored per window, its last ones (default window / 2)
@@ -167,10 +168,11 @@ struct PresetSpec {
   bool calibrated = false;
   std::string evict;    // "" = every token kept
   std::string promote;  // "" = no promoted copies
+  int window = 0;       // fp16 window of at least this many tokens (0 = the preset's)
 };
 
 PresetSpec parse_spec(const std::string& text) {
-  PresetSpec spec{text, text, false, "", ""};
+  PresetSpec spec{text, text, false, "", "", 0};
   spec.name = text.substr(0, text.find('+'));
   for (std::size_t plus = text.find('+'); plus != std::string::npos;) {
     const std::size_t next = text.find('+', plus + 1);
@@ -179,6 +181,9 @@ PresetSpec parse_spec(const std::string& text) {
     if (part.rfind("promote:", 0) == 0) {
       spec.promote = part.substr(8);
       static_cast<void>(parse_promotion_scheme(spec.promote));
+    } else if (part.rfind("window:", 0) == 0) {
+      spec.window = number<int>("+window", part.substr(7));
+      require(spec.window >= 0, ErrorCode::invalid_argument, fmt::format("preset \"{}\": a negative window", text));
     } else {
       require(spec.evict.empty(), ErrorCode::invalid_argument, fmt::format("preset \"{}\": one eviction scheme at most", text));
       spec.evict = part;
@@ -217,7 +222,7 @@ std::vector<Run> make_runs(const Options& o, const LlamaModel& model, std::int64
                            const std::shared_ptr<const KvCalibration>& calibration, bool with_reference) {
   std::vector<Run> runs;
   std::vector<PresetSpec> specs;
-  if (with_reference) specs.push_back(PresetSpec{"fp16", "fp16", false, ""});
+  if (with_reference) specs.push_back(PresetSpec{"fp16", "fp16", false, "", "", 0});
   for (const std::string& text : o.presets)
     if (text != "fp16" || !with_reference) specs.push_back(parse_spec(text));
   for (PresetSpec& spec : specs) {
@@ -225,6 +230,7 @@ std::vector<Run> make_runs(const Options& o, const LlamaModel& model, std::int64
     kv.preset = spec.name;
     kv.evict = spec.evict;
     kv.promote = spec.promote;
+    kv.window_tokens = spec.window;
     kv.max_tokens = context;
     if (spec.calibrated) {
       require(calibration != nullptr, ErrorCode::invalid_argument,
@@ -255,8 +261,9 @@ void run_sequence(Backend& backend, std::span<const TokenId> tokens, std::int64_
 
 std::string chunk_description(std::int64_t chunk) {
   return chunk == 1 ? "token-by-token decode (every token through decode attention)"
-                    : fmt::format("steps of up to {} tokens, cut where the cache flushes, so every scored token sees "
-                                  "the cache exactly as in token-by-token decode (docs/quality.md)",
+                    : fmt::format("steps of up to {} tokens, cut where the cache flushes (and, with eviction, where "
+                                  "the cache reaches its budget or a prompt ends), so every scored token sees the "
+                                  "cache exactly as in token-by-token decode (docs/quality.md, docs/importance.md)",
                                   chunk);
 }
 
@@ -268,7 +275,7 @@ std::string chunk_description(std::int64_t chunk) {
 double bits_per_element(const PresetSpec& spec, int head_dim, std::int64_t tokens, std::int64_t prompt) {
   const kvq::PresetInfo info = kvq::preset_info(spec.name, head_dim);
   const PromotionScheme promotion = parse_promotion_scheme(spec.promote);
-  const int window = std::max(info.settings.window_tokens, promotion.enabled() ? promotion.window_tokens : 0);
+  const int window = std::max({info.settings.window_tokens, spec.window, promotion.enabled() ? promotion.window_tokens : 0});
   const std::int64_t held = parse_eviction_scheme(spec.evict).tokens_held(tokens, prompt);
   const kvq::SequenceGeometry geometry{info.settings.sink_tokens, window, info.flush_tokens, 1, held};
   const std::int64_t quantized = geometry.quantized_after(held, 0);

@@ -45,6 +45,14 @@ struct KvCacheReport {
   std::int64_t tokens = 0;           // tokens in the cache now
 };
 
+// Token eviction and promoted copies exist only for the host cache; a backend over the device cache calls this
+// first and refuses them with this message.
+inline void require_host_only_schemes_absent(const KvCacheOptions& kv) {
+  require(kv.evict.empty() && kv.promote.empty(), ErrorCode::invalid_argument,
+          "--evict and --promote run on the CPU backend only (the device cache cannot compact or hold promoted "
+          "copies yet); add --backend cpu");
+}
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -85,7 +85,6 @@ TEST_CASE("--evict: chunked scoring equals token-by-token decode under the same 
       // What eviction itself changes (against every token in int8), and how far the chunked run is from decode:
       // float BLAS instead of the decode reference's double, nothing else, so the selections agree.
       const double effect = rms(decoded, full), gap = rms(decoded, chunked);
-      MESSAGE(preset << " + " << evict << ": effect " << effect << ", chunked vs decode " << gap);
       if (!scheme_text.empty()) CHECK(effect > 1e-3);
       CHECK(gap < 0.01 * std::max(effect, 1e-3));
       const EvictionScheme scheme = parse_eviction_scheme(scheme_text);
@@ -125,5 +124,13 @@ TEST_CASE("--evict: bad schemes are refused with the problem named") {
   CHECK(promotion("0.1:0").find("at least one token") != std::string::npos);
   CHECK(promotion("0.1:8:3").find("FRACTION[:WINDOW]") != std::string::npos);
   CHECK(parse_promotion_scheme("0.1").window_tokens == 32);
+  // What the GPU backend (and kvq_llama before it) calls to refuse them.
+  KvCacheOptions kv;
+  CHECK_NOTHROW(require_host_only_schemes_absent(kv));
+  kv.evict = "h2o:256";
+  CHECK_THROWS_WITH_AS(require_host_only_schemes_absent(kv), doctest::Contains("CPU backend only"), kvq::Error);
+  kv.evict.clear();
+  kv.promote = "0.1";
+  CHECK_THROWS_WITH_AS(require_host_only_schemes_absent(kv), doctest::Contains("CPU backend only"), kvq::Error);
   CHECK(parse_eviction_scheme("h2o:256").h2o.recent_tokens == 128);
 }

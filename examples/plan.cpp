@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,6 +49,9 @@ options:
   --page-tokens N       cache page size in tokens (default 256)
   --sm-count N          SMs for the decode split-KV workspace (default 132, an H100 SXM)
   --cuda-context SIZE   CUDA context and library overhead (default 500MiB; no unit = MiB)
+  --keep N              eviction budget: the cache keeps at most N tokens per sequence (kvq_llama --evict)
+  --kv-bits B           a KV budget in bits per element of the whole context: the largest --keep that fits it
+  --promote F           int8 copies of the fraction F of quantized tokens (kvq_llama --promote; fp16 window >= 32)
   --plot-presets LIST   presets of the plot, comma-separated (default fp16,int8,q4_0,kivi-2)
 )";
 
@@ -119,6 +123,7 @@ struct Options {
   PlanRequest request;
   std::int64_t gpu_bytes = 80 * gibibyte;
   bool context_given = false;
+  std::optional<double> kv_bits;  // --kv-bits: becomes request.kept_tokens once the context is known
 };
 
 std::vector<std::string> split_list(std::string_view text) {
@@ -171,6 +176,22 @@ Options parse_options(int argc, char** argv) {
       o.request.assumptions.sm_count = parse_int(value(), arg);
     } else if (arg == "--cuda-context") {
       o.request.assumptions.cuda_context_bytes = parse_size(value(), arg, mebibyte);
+    } else if (arg == "--keep") {
+      o.request.kept_tokens = parse_count(value(), arg);
+    } else if (arg == "--promote") {
+      const std::string text(value());
+      double fraction = 0;
+      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), fraction);
+      if (error != std::errc{} || end != text.data() + text.size() || !(fraction >= 0) || fraction > 1)
+        throw UsageError{fmt::format("--promote expects a fraction in [0, 1], got \"{}\"", text)};
+      o.request.promoted_fraction = fraction;
+    } else if (arg == "--kv-bits") {
+      const std::string text(value());
+      double bits = 0;
+      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), bits);
+      if (error != std::errc{} || end != text.data() + text.size() || !(bits > 0) || bits > 64)
+        throw UsageError{fmt::format("--kv-bits expects bits per element in (0, 64], got \"{}\"", text)};
+      o.kv_bits = bits;
     } else if (arg == "--plot") {
       o.plot_file = value();
     } else if (arg == "--plot-presets") {
@@ -206,8 +227,16 @@ void print_plan(const Options& o) {
              p.key_bits, p.value_bits, effective_bits_per_element(p.name, m.head_dim, r.context), grouped(r.context),
              p.settings.sink_tokens, p.settings.window_tokens, p.flush_tokens,
              p.settings.key_position == KeyPosition::pre_rope ? "pre-RoPE" : "post-RoPE");
-  fmt::print("request    {} weights, batch {}, context {} tokens{}, GPU {:.2f} GiB\n\n", to_string(r.weights), r.batch,
+  fmt::print("request    {} weights, batch {}, context {} tokens{}, GPU {:.2f} GiB\n", to_string(r.weights), r.batch,
              grouped(r.context), r.context > m.max_context ? " (beyond the trained context)" : "", in_gib(o.gpu_bytes));
+  if (r.kept_tokens)
+    fmt::print("budget     eviction keeps {} of {} tokens per sequence{}: KV {:.4f} bits per element of the whole context\n",
+               grouped(r.held_tokens()), grouped(r.context),
+               o.kv_bits ? fmt::format(" (the most that fits --kv-bits {})", *o.kv_bits) : "", kv_bits_per_element(r));
+  else
+    fmt::print("budget     every token kept: KV {:.4f} bits per element (pages with their padding, sinks, window{})\n",
+               kv_bits_per_element(r), r.promoted_fraction ? ", promoted copies" : "");
+  fmt::print("\n");
 
   fmt::print("  {:<44}{:>20}{:>11}\n", "part", "bytes", "GiB");
   const WeightBytes& w = plan.weights;
@@ -228,6 +257,8 @@ void print_plan(const Options& o) {
   row(fmt::format("  fp16 sinks ({} tokens)", kv.config.sink_tokens), kv.storage.sink_bytes);
   row(fmt::format("  fp16 window ({} + {} - 1 slots)", kv.config.window_tokens, p.flush_tokens), kv.storage.window_bytes);
   row("  page table, lengths, plan entries", kv.bookkeeping);
+  if (r.promoted_fraction)
+    row(fmt::format("  int8 copies of {:g}% of the quantized tokens", 100 * *r.promoted_fraction), kv.promoted);
   const bool prefill_larger = plan.prefill.total() >= plan.decode.total();
   auto workspace = [&](const StepWorkspace& s, std::string_view what, bool counted, std::string_view attention) {
     row(fmt::format("workspace: {}", what), s.total(), counted ? "(the larger: counted)" : "(not counted)");
@@ -417,6 +448,16 @@ int main(int argc, char** argv) {
       o.request.model = published_model(o.model);
     }
     if (!o.context_given) o.request.context = o.request.model.max_context;
+    if (o.kv_bits) {
+      if (o.request.kept_tokens) throw UsageError{"give --keep N or --kv-bits B, not both"};
+      const std::int64_t kept = kept_tokens_for_bits(o.request, *o.kv_bits);
+      if (kept == 0)
+        throw Error(ErrorCode::invalid_argument,
+                    fmt::format("--kv-bits {}: not even one kept token of {} fits with --kv {} (its fp16 sinks and "
+                                "window alone cost more)",
+                                *o.kv_bits, o.request.context, o.request.kv_preset));
+      o.request.kept_tokens = kept;
+    }
     if (!o.plot_file.empty()) {
       write_plot(o);
       return 0;

@@ -29,6 +29,7 @@
 #include "runtime/gpu_backend.hpp"
 #endif
 #include "runtime/generate.hpp"
+#include "runtime/kv_importance.hpp"
 #include "runtime/kv_presets.hpp"
 #include "tokenizer/chat_template.hpp"
 
@@ -60,6 +61,11 @@ constexpr const char* usage = R"(usage: kvq_llama --model PATH [options]
   --context N          cache capacity in tokens (default: prompt + tokens); --synthetic: prompt tokens
   --sinks N            first tokens kept in fp16 (default 0; a preset may keep more, e.g. nuq* 1)
   --window N           most recent tokens kept in fp16 (default 0; a preset may keep more, e.g. kivi-* 128)
+  --evict SCHEME       CPU only: keep a token budget, streaming:BUDGET[:SINKS] (sinks + recent),
+                       h2o:BUDGET[:RECENT] (heavy hitters by accumulated attention + recent) or
+                       snapkv:BUDGET[:WINDOW[:POOL]] (the prompt compressed once by its last WINDOW queries)
+  --promote F[:W]      CPU only: keep an int8 copy of the top fraction F of quantized tokens per layer and KV
+                       head, chosen by accumulated attention as they leave an fp16 window of >= W tokens (32)
   --temperature T      0 = greedy (default 0)
   --top-p P            nucleus sampling threshold (default 1)
   --seed S             sampling seed, and the synthetic weights' and prompt's (default 0)
@@ -143,6 +149,13 @@ Options parse(int argc, char** argv) {
       o.kv.sink_tokens = parse_number<int>(flag, value);
     else if (flag == "--window")
       o.kv.window_tokens = parse_number<int>(flag, value);
+    else if (flag == "--promote") {
+      o.kv.promote = value;
+      static_cast<void>(parse_promotion_scheme(value));
+    } else if (flag == "--evict") {
+      o.kv.evict = value;
+      static_cast<void>(parse_eviction_scheme(value));  // bad values fail here, before the model loads
+    }
     else if (flag == "--temperature")
       o.sampling.temperature = parse_number<float>(flag, value);
     else if (flag == "--top-p")
@@ -298,6 +311,7 @@ int run(int argc, char** argv) {
 #ifdef KVQ_LLAMA_HAS_GPU
   GpuBackend* gpu_backend = nullptr;
   if (gpu) {
+    require_host_only_schemes_absent(kv);  // before the GPU memory plan is printed
     GpuOptions gpu_options;
     gpu_options.max_chunk_tokens = static_cast<int>(std::min<std::int64_t>(options.chunk, prompt_tokens));
     gpu_options.memory_budget = options.memory_budget;
@@ -314,6 +328,7 @@ int run(int argc, char** argv) {
   fmt::print("backend: {}\n", backend->name());
   fmt::print("prompt: {} tokens, prefill chunks of {}\n\n", prompt.size(), options.chunk);
 
+  backend->set_prompt_length(prompt_tokens);  // --evict snapkv compresses the prompt when it is complete
   GenerationOptions generation;
   generation.max_new_tokens = options.tokens;
   generation.chunk_tokens = options.chunk;

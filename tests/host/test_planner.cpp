@@ -245,3 +245,46 @@ TEST_CASE("impossible and absurd inputs are errors that name the field") {
   CHECK(contains(error_of([] { (void)largest_context(request("Llama-3-8B", "int8", 1), 0); }), "GPU bytes must be in"));
   CHECK(contains(error_of([] { (void)largest_context(request("Llama-3-8B", "int8", 1), -1); }), "GPU bytes must be in"));
 }
+
+TEST_CASE("eviction budgets: KV sized for the kept tokens, bits per element of the whole context, bits -> tokens") {
+  // Llama-3-8B, int8 (8 + 32/128 = 8.25 bits per element, per-token groups of 128, no sinks or window), 256-token
+  // pages: a context of 131072 keeping 65536 tokens holds 256 pages per layer instead of 512.
+  PlanRequest r = request("Llama-3-8B", "int8", 131072);
+  const MemoryPlan all = plan_memory(r);
+  r.kept_tokens = 65536;
+  const MemoryPlan half = plan_memory(r);
+  CHECK(half.kv.storage.pool_pages * 2 == all.kv.storage.pool_pages);
+  CHECK(half.kv.storage.pool_bytes * 2 == all.kv.storage.pool_bytes);
+  CHECK(half.kv.config.max_tokens_per_sequence == 65536);
+  // Page-aligned, no padding: exactly 8.25 bits for every token, 4.125 for the context when half are kept.
+  r.kept_tokens.reset();
+  CHECK(kv_bits_per_element(r) == doctest::Approx(8.25).epsilon(1e-12));
+  r.kept_tokens = 65536;
+  CHECK(kv_bits_per_element(r) == doctest::Approx(4.125).epsilon(1e-12));
+  // The cache allocates what the plan says for that budget.
+  CHECK(HostPagedKVCache<PresetTiers<presets::Int8<128>>>::required_memory(half.kv.config).total_bytes() ==
+        half.kv.storage.total_bytes());
+  // A budget above the context keeps everything.
+  r.kept_tokens = 1 << 20;
+  CHECK(plan_memory(r).kv.storage.pool_bytes == all.kv.storage.pool_bytes);
+
+  // Bits -> tokens: int8 at 4.125 bits of a 131072 context is 65536 tokens (whole pages); one token less than a
+  // page boundary would do at 4.12 bits: the largest whole-page budget below it.
+  r.kept_tokens.reset();
+  CHECK(kept_tokens_for_bits(r, 4.125) == 65536);
+  const std::int64_t kept = kept_tokens_for_bits(r, 4.12);
+  CHECK(kept % 256 == 0);
+  r.kept_tokens = kept;
+  CHECK(kv_bits_per_element(r) <= 4.12);
+  r.kept_tokens = kept + 1;  // one more token takes a new page
+  CHECK(kv_bits_per_element(r) > 4.12);
+  r.kept_tokens.reset();
+  CHECK(kept_tokens_for_bits(r, 20.0) == 131072);
+  // kivi-2's fp16 window (128 + 31 slots) alone costs 159 * 16 / 131072 bits per context element: nothing fits below.
+  PlanRequest kivi = request("Llama-3-8B", "kivi-2", 131072);
+  CHECK(kept_tokens_for_bits(kivi, 0.01) == 0);
+
+  CHECK(contains(error_of([&] { (void)kept_tokens_for_bits(r, 0.0); }), "bits must be in (0, 64]"));
+  r.kept_tokens = 0;
+  CHECK(contains(error_of([&] { (void)plan_memory(r); }), "kept tokens (eviction budget)"));
+}

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -26,9 +27,11 @@
 #include "eval/token_metrics.hpp"
 #include "kvq/cache/presets.hpp"
 #include "kvq/core/error.hpp"
+#include "kvq/planner/memory_plan.hpp"
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
 #include "runtime/kv_calibration.hpp"
+#include "runtime/kv_importance.hpp"
 #include "runtime/kv_presets.hpp"
 
 namespace {
@@ -42,8 +45,11 @@ constexpr const char* usage = R"(usage: kvq_eval --model PATH --text FILE [optio
   --model PATH         GGUF file or Hugging Face directory
   --text FILE          evaluation text (UTF-8); with --passkey, the filler text
   --label NAME         name of the text in the report (default: the file name)
-  --presets LIST       comma-separated presets, NAME or NAME:cal (calibrated codebooks from --calibration);
-                       default: {}
+  --presets LIST       comma-separated presets, NAME or NAME:cal (calibrated codebooks from --calibration),
+                       each optionally +SCHEME for token eviction on top and/or +promote:F[:W] for int8 copies
+                       of the most attended fraction F of tokens (runtime/kv_importance.hpp) and/or +window:N
+                       for an fp16 window of at least N tokens (kvq_llama --window), e.g. int8+h2o:256,
+                       int8+streaming:256, fp16+snapkv:512, rot3+promote:0.1:16, rot3+window:16; default: {}
   --calibration FILE   codebooks from kvq_calibrate, for the NAME:cal presets
   --window N           tokens per window (default 512; at most the model's context)
   --stride N           predictions scored per window, its last ones (default window / 2)
@@ -156,18 +162,39 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-// A preset of the list: its kvq name and whether it takes the calibrated codebooks.
+// A preset of the list: its kvq name, whether it takes the calibrated codebooks, and an eviction scheme.
 struct PresetSpec {
   std::string label, name;
   bool calibrated = false;
+  std::string evict;    // "" = every token kept
+  std::string promote;  // "" = no promoted copies
+  int window = 0;       // fp16 window of at least this many tokens (0 = the preset's)
 };
 
 PresetSpec parse_spec(const std::string& text) {
-  PresetSpec spec{text, text, false};
-  if (const std::size_t colon = text.find(':'); colon != std::string::npos) {
-    require(text.substr(colon) == ":cal", ErrorCode::invalid_argument,
+  PresetSpec spec{text, text, false, "", "", 0};
+  spec.name = text.substr(0, text.find('+'));
+  for (std::size_t plus = text.find('+'); plus != std::string::npos;) {
+    const std::size_t next = text.find('+', plus + 1);
+    const std::string part = text.substr(plus + 1, next == std::string::npos ? std::string::npos : next - plus - 1);
+    // A bad scheme fails here, before any model runs.
+    if (part.rfind("promote:", 0) == 0) {
+      spec.promote = part.substr(8);
+      static_cast<void>(parse_promotion_scheme(spec.promote));
+    } else if (part.rfind("window:", 0) == 0) {
+      spec.window = number<int>("+window", part.substr(7));
+      require(spec.window >= 0, ErrorCode::invalid_argument, fmt::format("preset \"{}\": a negative window", text));
+    } else {
+      require(spec.evict.empty(), ErrorCode::invalid_argument, fmt::format("preset \"{}\": one eviction scheme at most", text));
+      spec.evict = part;
+      static_cast<void>(parse_eviction_scheme(spec.evict));
+    }
+    plus = next;
+  }
+  if (const std::size_t colon = spec.name.find(':'); colon != std::string::npos) {
+    require(spec.name.substr(colon) == ":cal", ErrorCode::invalid_argument,
             fmt::format("preset \"{}\": the only suffix is :cal (calibrated codebooks)", text));
-    spec.name = text.substr(0, colon);
+    spec.name = spec.name.substr(0, colon);
     spec.calibrated = true;
   }
   require(kvq::BuiltinPresets<128>::contains(spec.name), ErrorCode::invalid_argument,
@@ -195,12 +222,15 @@ std::vector<Run> make_runs(const Options& o, const LlamaModel& model, std::int64
                            const std::shared_ptr<const KvCalibration>& calibration, bool with_reference) {
   std::vector<Run> runs;
   std::vector<PresetSpec> specs;
-  if (with_reference) specs.push_back(PresetSpec{"fp16", "fp16", false});
+  if (with_reference) specs.push_back(PresetSpec{"fp16", "fp16", false, "", "", 0});
   for (const std::string& text : o.presets)
     if (text != "fp16" || !with_reference) specs.push_back(parse_spec(text));
   for (PresetSpec& spec : specs) {
     KvCacheOptions kv;
     kv.preset = spec.name;
+    kv.evict = spec.evict;
+    kv.promote = spec.promote;
+    kv.window_tokens = spec.window;
     kv.max_tokens = context;
     if (spec.calibrated) {
       require(calibration != nullptr, ErrorCode::invalid_argument,
@@ -218,6 +248,7 @@ template <class OnRow>
 void run_sequence(Backend& backend, std::span<const TokenId> tokens, std::int64_t chunk, std::int64_t score_begin,
                   std::vector<float>& buffer, int vocabulary, OnRow&& on_row) {
   backend.reset();
+  backend.set_prompt_length(score_begin);  // the scored tokens all see a compressed prompt (--evict snapkv)
   const auto count = static_cast<std::int64_t>(tokens.size());
   for (std::int64_t begin = 0; begin < count; begin += chunk) {
     const std::int64_t size = std::min(chunk, count - begin);
@@ -230,9 +261,28 @@ void run_sequence(Backend& backend, std::span<const TokenId> tokens, std::int64_
 
 std::string chunk_description(std::int64_t chunk) {
   return chunk == 1 ? "token-by-token decode (every token through decode attention)"
-                    : fmt::format("steps of up to {} tokens, cut where the cache flushes, so every scored token sees "
-                                  "the cache exactly as in token-by-token decode (docs/quality.md)",
+                    : fmt::format("steps of up to {} tokens, cut where the cache flushes (and, with eviction, where "
+                                  "the cache reaches its budget or a prompt ends), so every scored token sees the "
+                                  "cache exactly as in token-by-token decode (docs/quality.md, docs/importance.md)",
                                   chunk);
+}
+
+// Bits per element of a sequence of `tokens` input tokens whose first `prompt` are the prompt, over all of them:
+// the tokens the cache still holds at the end, at the preset's effective bits, divided by every token the model
+// read (an eviction scheme that keeps half the tokens in int8 costs what all of them in about 4.25 bits would).
+// Promoted int8 copies (+promote) add their records and token indices; the fp16 window they need is counted with
+// the cache's (wider than the preset's own when the promotion asks for more).
+double bits_per_element(const PresetSpec& spec, int head_dim, std::int64_t tokens, std::int64_t prompt) {
+  const kvq::PresetInfo info = kvq::preset_info(spec.name, head_dim);
+  const PromotionScheme promotion = parse_promotion_scheme(spec.promote);
+  const int window = std::max({info.settings.window_tokens, spec.window, promotion.enabled() ? promotion.window_tokens : 0});
+  const std::int64_t held = parse_eviction_scheme(spec.evict).tokens_held(tokens, prompt);
+  const kvq::SequenceGeometry geometry{info.settings.sink_tokens, window, info.flush_tokens, 1, held};
+  const std::int64_t quantized = geometry.quantized_after(held, 0);
+  double bits = kvq::detail::effective_bits(info.key_bits, info.value_bits, quantized, held) * static_cast<double>(held);
+  if (promotion.enabled())
+    bits += kvq::promoted_bits_per_token_element(promotion.fraction, quantized, head_dim);
+  return bits / static_cast<double>(tokens);
 }
 
 std::shared_ptr<const KvCalibration> load_calibration(const Options& o) {
@@ -318,7 +368,7 @@ int run_perplexity(const Options& o, const LlamaModel& model) {
   for (const Run& run : runs) {
     const kvq::PresetInfo info = kvq::preset_info(run.spec.name, c.head_dim);
     report.rows.push_back(PresetResult{run.spec.label, info.key_bits, info.value_bits,
-                                       kvq::effective_bits_per_element(run.spec.name, c.head_dim, o.window),
+                                       bits_per_element(run.spec, c.head_dim, o.window - 1, score_begin),
                                        run.metrics.tokens(), run.metrics.perplexity(), run.metrics.mean_kld(),
                                        run.metrics.kld_quantile(0.99), run.metrics.top1_agreement(), run.seconds});
   }
@@ -342,7 +392,7 @@ int run_passkey(const Options& o, const LlamaModel& model) {
   for (const Run& run : runs) {
     const kvq::PresetInfo info = kvq::preset_info(run.spec.name, c.head_dim);
     report.rows.push_back(PasskeyRow{run.spec.label, info.key_bits, info.value_bits,
-                                     kvq::effective_bits_per_element(run.spec.name, c.head_dim, o.context),
+                                     bits_per_element(run.spec, c.head_dim, o.context, o.context),
                                      std::vector<int>(o.depths.size(), 0), o.trials});
   }
   std::vector<float> buffer;

@@ -31,6 +31,11 @@ struct KvCacheOptions {
   // Calibrated codebooks for a preset that takes them (nuq*), instead of its calibration-free defaults; null = the
   // defaults. Shared because the cache's parameters point into it.
   std::shared_ptr<const KvCalibration> calibration;
+  // Token eviction (runtime/kv_importance.hpp, "h2o:256" etc.); empty = keep every token. CPU backend only: the GPU
+  // backend refuses it.
+  std::string evict;
+  // Per-token precision tiers (runtime/kv_importance.hpp, "0.1" or "0.1:32"); empty = none. CPU backend only.
+  std::string promote;
 };
 
 struct KvCacheReport {
@@ -39,6 +44,14 @@ struct KvCacheReport {
   double bytes_per_token = 0;        // quantized bytes one token costs, all layers, metadata included
   std::int64_t tokens = 0;           // tokens in the cache now
 };
+
+// Token eviction and promoted copies exist only for the host cache; a backend over the device cache calls this
+// first and refuses them with this message.
+inline void require_host_only_schemes_absent(const KvCacheOptions& kv) {
+  require(kv.evict.empty() && kv.promote.empty(), ErrorCode::invalid_argument,
+          "--evict and --promote run on the CPU backend only (the device cache cannot compact or hold promoted "
+          "copies yet); add --backend cpu");
+}
 
 class Backend {
  public:
@@ -62,7 +75,12 @@ class Backend {
       offset += row.size();
     }
   }
-  [[nodiscard]] virtual std::int64_t position() const = 0;  // tokens in the cache
+  // The next sequence (after reset()) starts with a prompt of `tokens` tokens: a backend whose cache compresses the
+  // prompt once it is complete (--evict snapkv) does so when its position reaches it. Others ignore it.
+  virtual void set_prompt_length(std::int64_t tokens) { static_cast<void>(tokens); }
+  // Tokens in the cache, which is also the position the next token takes (with eviction, fewer than the tokens run
+  // since reset(): kept tokens are re-positioned contiguously, docs/importance.md).
+  [[nodiscard]] virtual std::int64_t position() const = 0;
   [[nodiscard]] virtual KvCacheReport kv_cache() const = 0;
   virtual void reset() = 0;  // empties the sequence
 };

@@ -64,7 +64,8 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
 }
 
 void causal_attention(const float* query, const float* keys, const float* values, std::int64_t first,
-                      std::int64_t count, int q_heads, int first_head, int group, int head_dim, float* out) {
+                      std::int64_t count, int q_heads, int first_head, int group, int head_dim, float* out,
+                      float* importance) {
   const std::int64_t length = first + count, rows = std::int64_t{group} * count;
   const auto d = static_cast<std::size_t>(head_dim);
   // Rows r = g * count + i: query head first_head + g of token i.
@@ -88,6 +89,12 @@ void causal_attention(const float* query, const float* keys, const float* values
     for (std::int64_t t = 0; t < visible; ++t) row[t] *= inverse;
     std::fill(row + visible, row + length, 0.0f);  // the causal mask
   }
+  if (importance != nullptr)
+    for (std::int64_t t = 0; t < length; ++t) {
+      double sum = 0;
+      for (std::int64_t r = 0; r < rows; ++r) sum += scores[static_cast<std::size_t>(r * length + t)];
+      importance[t] += static_cast<float>(sum);
+    }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), head_dim, static_cast<int>(length),
               1.0f, scores.data(), static_cast<int>(length), values, head_dim, 0.0f, result.data(), head_dim);
   for (int g = 0; g < group; ++g)

@@ -16,9 +16,12 @@ void rms_norm(const float* in, const float* weight, std::int64_t tokens, int wid
 // Causal attention of `count` queries at positions [first, first + count) for one KV head's group of query
 // heads: query and out are [count][q_heads][head_dim] (heads `first_head` .. `first_head + group - 1` are used),
 // keys and values [first + count][head_dim]. Query i sees tokens [0, first + i]. Scores and weighted sums are
-// matrix products (BLAS, float); the softmax keeps its sum in double.
+// matrix products (BLAS, float); the softmax keeps its sum in double. `importance`, when given ([first + count]
+// floats), gets every query's softmax probabilities added, summed over the group: what `count` decode steps of
+// kvq::decode_attention_reference would add (kvq/attention/importance.hpp), in float instead of double.
 void causal_attention(const float* query, const float* keys, const float* values, std::int64_t first,
-                      std::int64_t count, int q_heads, int first_head, int group, int head_dim, float* out);
+                      std::int64_t count, int q_heads, int first_head, int group, int head_dim, float* out,
+                      float* importance = nullptr);
 
 // gate[i] = silu(gate[i]) * up[i]: SwiGLU's elementwise part.
 void swiglu(float* gate, const float* up, std::int64_t count);

@@ -167,6 +167,13 @@ class CacheState {
     return truncation;
   }
 
+  SequenceTable::Compaction compact(int sequence, std::int64_t new_length) {
+    require_no_pending_append("evict");
+    const auto compaction = table_.compact(sequence, new_length);
+    mirror_.update(table_, sequence);
+    return compaction;
+  }
+
   void reset(int sequence) {
     require_no_pending_append("reset");
     table_.reset(sequence);

@@ -20,6 +20,7 @@
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/cache/page_layout.hpp"
 #include "kvq/cache/sequence_table.hpp"
+#include "kvq/cache/token_selection.hpp"
 #include "kvq/core/element.hpp"
 #include "kvq/core/error.hpp"
 #include "kvq/core/float16.hpp"
@@ -65,6 +66,14 @@ class HostPagedKVCache {
     for (const Layer& l : layers_)
       total += static_cast<std::int64_t>(l.pages.size() + 2 * l.sinks.size() + 2 * l.window.size());
     return total;
+  }
+
+  // Bytes of the pool's pages that sequences hold now, all layers: what eviction gives back (allocated_bytes() is
+  // the fixed allocation; the pool's free pages are what another sequence can take).
+  [[nodiscard]] std::int64_t pages_in_use_bytes() const {
+    std::int64_t page_bytes = 0;
+    for (const Layer& l : layers_) page_bytes += l.page_bytes;
+    return (memory().pool_pages - sequences().free_pages()) * page_bytes;
   }
 
   // Policy parameters (codebooks, thresholds, rotation seeds) of one layer; `Tier` must be that layer's tier.
@@ -125,6 +134,33 @@ class HostPagedKVCache {
   }
 
   void reset(int sequence) { state_.reset(sequence); }
+
+  // Eviction: keeps exactly the tokens `keep` names for each layer and KV head, in their order, and drops the rest;
+  // pages the shorter sequence no longer needs go back to the pool. Kept token j of a row takes position j (the
+  // StreamingLLM choice, docs/importance.md): pre-RoPE keys need nothing, since attention rotates by the position
+  // at read time; post-RoPE keys that move are rotated back from their old position and forward to the new one.
+  // The kept tokens are laid out by the flush rule of a sequence of their count (SequenceTable::compact): a
+  // quantized block whose tokens were one whole block before (same order, keys not re-rotated) is copied byte for
+  // byte, so per-token policies lose nothing; any other quantized block is re-quantized from its tokens as
+  // attention read them (dequantized, or the fp16 window's values), and tokens that land in the fp16 sinks or
+  // window are stored as fp16 of what attention read. Everything is validated first: a selection that does not fit
+  // (unknown tokens, rows out of order, counts that differ) throws kvq::Error and changes nothing.
+  void retain(int sequence, const TokenSelection& keep) {
+    const auto& s = sequences().sequence(sequence);
+    keep.validate(config().layers, config().kv_heads, s.length);
+    if (keep.kept() == s.length) return;  // strictly ascending rows of every token: nothing to drop
+    const std::vector<std::int32_t> old_pages = s.pages;
+    const std::int64_t old_quantized = s.quantized;
+    const auto c = state_.compact(sequence, keep.kept());
+    for (int layer = 0; layer < config().layers; ++layer) {
+      Layer& l = layers_[static_cast<std::size_t>(layer)];
+      Tiers::visit(l.tier, [&]<class Tier>() {
+        for (int head = 0; head < config().kv_heads; ++head)
+          compact_head<Tier>(l, layer, sequence, head, keep.row(layer, head), old_pages, old_quantized, c.new_quantized);
+      });
+    }
+  }
+
 
   // Token `token` of a sequence as attention sees it: fp16 sinks and window exactly, quantized tokens dequantized.
   void read_token(int layer, int sequence, std::int64_t token, float* key, float* value,
@@ -292,6 +328,119 @@ class HostPagedKVCache {
         cache_form(input_row(keys, t, h), t, true, window_key(l, e.sequence, slot, h));
         cache_form(input_row(values, t, h), t, false, window_value(l, e.sequence, slot, h));
       }
+    }
+  }
+
+  // One KV head of one layer of an eviction (retain): gathers every kept token (and the raw bytes of blocks that
+  // survive whole) before writing anything, since the compacted rows overwrite the rows they come from.
+  template <class Tier>
+  void compact_head(Layer& l, int layer, int sequence, int head, std::span<const std::int64_t> kept,
+                    const std::vector<std::int32_t>& old_pages, std::int64_t old_quantized, std::int64_t new_quantized) {
+    using Key = typename Tier::KeyPolicy;
+    using Value = typename Tier::ValuePolicy;
+    using Layout = TierPageLayout<Tier>;
+    const int sinks = config().sink_tokens;
+    const int page_tokens = config().page_tokens;
+    const auto count = static_cast<std::int64_t>(kept.size());
+    const bool post_rope = config().key_position == KeyPosition::post_rope;
+    std::vector<float> keys(static_cast<std::size_t>(count) * head_dim), values(keys.size());
+    for (std::int64_t j = 0; j < count; ++j) {
+      const std::int64_t from = kept[static_cast<std::size_t>(j)];
+      float* key = keys.data() + j * head_dim;
+      float* value = values.data() + j * head_dim;
+      if (from < sinks) {
+        copy_row(sink_key(l, sequence, from, head), key);
+        copy_row(sink_value(l, sequence, from, head), value);
+      } else if (from - sinks < old_quantized) {
+        read_quantized<Tier>(l, layer, old_pages, from - sinks, head, key, value, Domain::original);
+      } else {
+        const std::int64_t slot = (from - sinks) % window_capacity();
+        copy_row(window_key(l, sequence, slot, head), key);
+        copy_row(window_value(l, sequence, slot, head), value);
+      }
+      if (post_rope && from != j) {
+        apply_inverse_rope<head_dim>(key, from, rope_table(), config().rope.style);
+        apply_rope<head_dim>(key, j, rope_table(), config().rope.style);
+      }
+    }
+    // A new quantized block can keep its old bytes if its tokens are one old quantized block, in order (and, for
+    // keys, not re-rotated). block_source[b] is that old block's quantized index, or -1.
+    auto block_source = [&](int tokens_per_block, std::int64_t first, bool keys_moved_matter) -> std::int64_t {
+      const std::int64_t source = kept[static_cast<std::size_t>(sinks + first)] - sinks;
+      if (source < 0 || source % tokens_per_block != 0 || source + tokens_per_block > old_quantized) return -1;
+      for (int r = 0; r < tokens_per_block; ++r) {
+        const std::int64_t from = kept[static_cast<std::size_t>(sinks + first + r)];
+        if (from - sinks != source + r) return -1;
+        if (keys_moved_matter && post_rope && from != sinks + first + r) return -1;
+      }
+      return source;
+    };
+    struct SavedBlock {
+      std::int64_t first;  // new quantized index of its first token
+      std::vector<std::uint8_t> codes, meta;
+    };
+    auto save = [&](int tokens_per_block, int code_bytes, int meta_bytes, std::int64_t code_offset, std::int64_t meta_offset,
+                    bool is_key, std::vector<SavedBlock>& saved, std::vector<bool>& copied) {
+      const std::int64_t blocks = new_quantized / tokens_per_block;
+      copied.assign(static_cast<std::size_t>(blocks), false);
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t source = block_source(tokens_per_block, b * tokens_per_block, is_key);
+        if (source < 0) continue;
+        const std::uint8_t* base = page_head<Tier>(l, old_pages[static_cast<std::size_t>(source / page_tokens)], head);
+        const std::int64_t block = source % page_tokens / tokens_per_block;
+        const std::uint8_t* codes = base + code_offset + block * code_bytes;
+        const std::uint8_t* meta = base + meta_offset + block * meta_bytes;
+        saved.push_back({b * tokens_per_block, {codes, codes + code_bytes}, {meta, meta + meta_bytes}});
+        copied[static_cast<std::size_t>(b)] = true;
+      }
+    };
+    std::vector<SavedBlock> saved_keys, saved_values;
+    std::vector<bool> key_copied, value_copied;
+    save(Key::tokens_per_block, Key::code_bytes_per_block, Key::meta_bytes_per_block, 0,
+         Layout::key_meta_offset(page_tokens), true, saved_keys, key_copied);
+    save(Value::tokens_per_block, Value::code_bytes_per_block, Value::meta_bytes_per_block,
+         Layout::value_code_offset(page_tokens), Layout::value_meta_offset(page_tokens), false, saved_values, value_copied);
+
+    // Write: sinks, quantized blocks (saved bytes or re-quantized), window.
+    const auto& pages = sequences().sequence(sequence).pages;
+    auto store_fp16 = [](const float* from, f16* to) {
+      for (int c = 0; c < head_dim; ++c) to[c] = to_f16_saturating(from[c]);
+    };
+    for (std::int64_t j = 0; j < std::min<std::int64_t>(count, sinks); ++j) {
+      store_fp16(keys.data() + j * head_dim, sink_key(l, sequence, j, head));
+      store_fp16(values.data() + j * head_dim, sink_value(l, sequence, j, head));
+    }
+    const auto& params = state_.template params<Tier>(layer);
+    auto write_blocks = [&]<class Policy>(const std::vector<float>& rows, const std::vector<SavedBlock>& saved,
+                                          const std::vector<bool>& copied, std::int64_t code_offset, std::int64_t meta_offset,
+                                          const typename Policy::Params& policy_params) {
+      constexpr int T = Policy::tokens_per_block;
+      std::vector<float> tile(static_cast<std::size_t>(T) * head_dim);
+      std::size_t next_saved = 0;
+      for (std::int64_t b = 0; b < static_cast<std::int64_t>(copied.size()); ++b) {
+        const std::int64_t first = b * T;
+        std::uint8_t* base = page_head<Tier>(l, pages[static_cast<std::size_t>(first / page_tokens)], head);
+        const std::int64_t block = first % page_tokens / T;
+        std::uint8_t* codes = base + code_offset + block * Policy::code_bytes_per_block;
+        std::uint8_t* meta = base + meta_offset + block * Policy::meta_bytes_per_block;
+        if (copied[static_cast<std::size_t>(b)]) {
+          const SavedBlock& s = saved[next_saved++];
+          std::copy(s.codes.begin(), s.codes.end(), codes);
+          std::copy(s.meta.begin(), s.meta.end(), meta);
+        } else {
+          const float* source = rows.data() + (sinks + first) * head_dim;
+          std::copy(source, source + tile.size(), tile.begin());
+          quantize_block<Policy>(tile.data(), T, {codes, meta}, policy_params);
+        }
+      }
+    };
+    write_blocks.template operator()<Key>(keys, saved_keys, key_copied, 0, Layout::key_meta_offset(page_tokens), params.key);
+    write_blocks.template operator()<Value>(values, saved_values, value_copied, Layout::value_code_offset(page_tokens),
+                                            Layout::value_meta_offset(page_tokens), params.value);
+    for (std::int64_t j = sinks + new_quantized; j < count; ++j) {
+      const std::int64_t slot = (j - sinks) % window_capacity();
+      store_fp16(keys.data() + j * head_dim, window_key(l, sequence, slot, head));
+      store_fp16(values.data() + j * head_dim, window_value(l, sequence, slot, head));
     }
   }
 

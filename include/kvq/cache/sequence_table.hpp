@@ -133,6 +133,37 @@ class SequenceTable {
     return result;
   }
 
+  // Eviction: the sequence keeps `new_length` of its tokens (which ones is the cache's business), stored by the
+  // canonical flush rule of a sequence of that length (quantized_after(new_length, 0): the most recent
+  // window_tokens .. window_tokens + flush_tokens - 1 tokens in the window). Pages past the new quantized count go
+  // back to the pool; pages it needs beyond those the sequence holds (possible only after a truncate left the
+  // window short) come from the pool, checked before anything changes.
+  struct Compaction {
+    std::int64_t old_length, new_length, old_quantized, new_quantized;
+  };
+  Compaction compact(int index, std::int64_t new_length) {
+    check_index(index);
+    Sequence& s = sequences_[static_cast<std::size_t>(index)];
+    require(new_length >= 0 && new_length <= s.length, ErrorCode::invalid_argument,
+            "evict: sequence " + std::to_string(index) + " has " + std::to_string(s.length) + " tokens; cannot keep " +
+                std::to_string(new_length));
+    const std::int64_t new_quantized = geometry_.quantized_after(new_length, 0);
+    const std::int64_t pages = geometry_.pages_for(new_quantized);
+    const std::int64_t extra = pages - static_cast<std::int64_t>(s.pages.size());
+    require(extra <= static_cast<std::int64_t>(free_pages_.size()), ErrorCode::capacity_exceeded,
+            "evict: the compacted sequence " + std::to_string(index) + " needs " + std::to_string(extra) +
+                " more pages but only " + std::to_string(free_pages_.size()) + " are free");
+    const Compaction result{s.length, new_length, s.quantized, new_quantized};
+    release_pages_beyond(s, pages);
+    while (static_cast<std::int64_t>(s.pages.size()) < pages) {
+      s.pages.push_back(free_pages_.back());
+      free_pages_.pop_back();
+    }
+    s.length = new_length;
+    s.quantized = new_quantized;
+    return result;
+  }
+
   void reset(int index) {
     check_index(index);
     Sequence& s = sequences_[static_cast<std::size_t>(index)];

@@ -19,6 +19,14 @@
 //                 attention       prefill: none (kvq::cuda::prefill_attention_async reads the pages in tiles
 //                                 through shared memory and takes no workspace, whatever the context);
 //                                 decode: the split-KV partials of plan_decode(), the decode kernel's own query
+//   budgets     `kept_tokens` (token eviction, kvq/cache/eviction.hpp): the cache holds at most that many tokens of
+//               each sequence, so pages, decode workspace and the prefill's K/V read are sized for
+//               min(context, kept_tokens); kv_bits_per_element() is what those bytes cost per element of the
+//               WHOLE context, and kept_tokens_for_bits() turns a bits-per-element budget into a token budget
+//               (e.g. int8 keeping half of the tokens costs what 4.25-bit storage of all of them would);
+//               `promoted_fraction` (per-token precision tiers, kvq/cache/promoted_tokens.hpp): int8 copies of that
+//               fraction of the quantized tokens per layer and KV head, records and token indices, and the fp16
+//               window widened to `promotion_window_tokens` (the observation period) if the preset's is shorter
 //   CUDA context  a stated constant (`cuda_context_bytes`, 500 MiB by default: driver, context and cuBLAS
 //               handles; measure yours with nvidia-smi before the first allocation)
 //
@@ -40,6 +48,7 @@
 #include "kvq/cache/cache_state.hpp"
 #include "kvq/cache/layer_view.hpp"
 #include "kvq/cache/presets.hpp"
+#include "kvq/cache/promoted_tokens.hpp"
 #include "kvq/core/error.hpp"
 #include "kvq/planner/model_shape.hpp"
 
@@ -82,6 +91,12 @@ struct PlanRequest {
   std::int64_t context = 0;   // tokens per sequence
   PlanAssumptions assumptions{};
   std::optional<std::int64_t> weight_bytes{};  // exact bytes when known (e.g. a GGUF file's tensors): replaces the estimate
+  std::optional<std::int64_t> kept_tokens{};   // eviction budget: tokens the cache keeps per sequence (none: all)
+  std::optional<double> promoted_fraction{};   // int8 copies of this fraction of the quantized tokens (none: 0)
+  int promotion_window_tokens = 32;            // the fp16 window promotion needs, at least
+
+  // Tokens the cache holds per sequence at the full context.
+  [[nodiscard]] std::int64_t held_tokens() const { return kept_tokens ? std::min(context, *kept_tokens) : context; }
 };
 
 struct WeightBytes {
@@ -99,7 +114,8 @@ struct KVCacheBytes {
   std::int64_t bookkeeping = 0;  // device cache: page table, lengths, quantized counts, plan entries
   std::int64_t outliers = 0;     // of storage.pool_bytes: the fp16 outlier slots of the pages
   double bytes_per_token_head = 0;  // one quantized token of one KV head, keys and values (policy records)
-  [[nodiscard]] std::int64_t total() const { return storage.total_bytes() + bookkeeping; }
+  std::int64_t promoted = 0;        // int8 copies of promoted tokens (PlanRequest::promoted_fraction)
+  [[nodiscard]] std::int64_t total() const { return storage.total_bytes() + bookkeeping + promoted; }
 };
 
 struct StepWorkspace {
@@ -177,6 +193,11 @@ inline void validate_plan_request(const PlanRequest& r) {
   require_in_range(r.assumptions.sm_count, 1, PlanLimits::max_sm_count, where, "SM count");
   require_in_range(r.assumptions.cuda_context_bytes, 0, PlanLimits::max_cuda_context, where, "CUDA context bytes");
   if (r.weight_bytes) require_in_range(*r.weight_bytes, 0, PlanLimits::max_gpu_bytes, where, "weight bytes");
+  if (r.kept_tokens) require_in_range(*r.kept_tokens, 1, ModelLimits::max_context, where, "kept tokens (eviction budget)");
+  if (r.promoted_fraction)
+    require(*r.promoted_fraction >= 0 && *r.promoted_fraction <= 1, ErrorCode::invalid_argument,
+            "memory plan: promoted fraction must be in [0, 1], got " + std::to_string(*r.promoted_fraction));
+  require_in_range(r.promotion_window_tokens, 1, PlanLimits::max_chunk, where, "promotion window tokens");
 }
 
 template <KVPreset P>
@@ -193,9 +214,11 @@ KVCacheBytes kv_cache_bytes(const PlanRequest& r) {
   base.layers = r.model.layers;
   base.kv_heads = r.model.kv_heads;
   base.max_sequences = r.batch;
-  base.max_tokens_per_sequence = r.context;
+  base.max_tokens_per_sequence = r.held_tokens();
   base.page_tokens = r.assumptions.page_tokens;
   kv.config = P::settings.applied_to(base);
+  const double promoted = r.promoted_fraction.value_or(0.0);
+  if (promoted > 0) kv.config.window_tokens = std::max(kv.config.window_tokens, r.promotion_window_tokens);
   kv.storage = CacheState<PresetTiers<P>>::storage_memory(kv.config);
   // As kvq::cuda::PagedKVCache::required_memory counts them (the same function).
   kv.bookkeeping = device_cache_bookkeeping_bytes(kv.config);
@@ -203,6 +226,13 @@ KVCacheBytes kv_cache_bytes(const PlanRequest& r) {
   kv.outliers = std::int64_t{r.model.layers} * page_token_slots * r.model.kv_heads *
                 (outlier_bytes_per_row<Key>() + outlier_bytes_per_row<Value>());
   kv.bytes_per_token_head = kv_bytes_per_token_head<typename P::Tier>();  // what plan_decode is given
+  if (promoted > 0) {
+    const SequenceGeometry geometry{kv.config.sink_tokens, kv.config.window_tokens, PresetTiers<P>::flush_tokens,
+                                    kv.config.page_tokens, r.held_tokens()};
+    const auto copies = static_cast<std::int64_t>(std::floor(promoted * static_cast<double>(geometry.quantized_after(r.held_tokens(), 0))));
+    kv.promoted = std::int64_t{r.model.layers} * r.model.kv_heads * r.batch * copies *
+                  PromotedTokens<typename presets::Int8<P::Tier::KeyPolicy::head_dim>::Tier>::copy_bytes;
+  }
   return kv;
 }
 
@@ -243,12 +273,56 @@ inline StepWorkspace step_activations(const ModelShape& m, std::int64_t tokens) 
   plan.prefill.attention = 0;  // prefill_attention_async: no workspace (tiles in shared memory)
 
   plan.decode = detail::step_activations(r.model, r.batch);
-  const DecodePlan decode = plan_decode({r.batch, r.model.query_heads, r.model.kv_heads, r.model.head_dim}, r.context,
+  const DecodePlan decode = plan_decode({r.batch, r.model.query_heads, r.model.kv_heads, r.model.head_dim}, r.held_tokens(),
                                         plan.kv.bytes_per_token_head, r.assumptions.sm_count);
   plan.decode.attention = decode.workspace_bytes;
 
   plan.cuda_context = r.assumptions.cuda_context_bytes;
   return plan;
+}
+
+// KV bits per element of the whole context: the cache's storage (pages, sinks, window, promoted copies; no bookkeeping) over every
+// key and value element of batch x context tokens, kept or evicted. Without an eviction budget this is the
+// preset's effective bits plus page padding.
+[[nodiscard]] inline double kv_bits_per_element(const PlanRequest& r) {
+  const MemoryPlan plan = plan_memory(r);
+  const double elements = 2.0 * r.batch * static_cast<double>(r.context) * r.model.layers * r.model.kv_heads * r.model.head_dim;
+  return static_cast<double>(plan.kv.storage.total_bytes() + plan.kv.promoted) * 8.0 / elements;
+}
+
+// Bytes of one promoted int8 copy (kvq/cache/promoted_tokens.hpp) of one token of one KV head: key and value
+// records and the token index.
+[[nodiscard]] inline std::int64_t promoted_copy_bytes(int head_dim) {
+  return visit_preset_head_dim(head_dim, [&]<int HeadDim>() {
+    return PromotedTokens<typename presets::Int8<HeadDim>::Tier>::copy_bytes;
+  });
+}
+
+// What int8 copies of `fraction` of `quantized` tokens add to one KV head, summed over its tokens, in bits per
+// key/value element (divide by the tokens for the average).
+[[nodiscard]] inline double promoted_bits_per_token_element(double fraction, std::int64_t quantized, int head_dim) {
+  const double copies = std::floor(fraction * static_cast<double>(quantized));
+  return copies * static_cast<double>(promoted_copy_bytes(head_dim)) * 8.0 / (2.0 * head_dim);
+}
+
+// The largest eviction budget (tokens kept per sequence, at most the context) whose KV storage costs at most
+// `bits` per element of the whole context; 0 if not even one kept token fits (the fp16 sinks and window of a
+// preset cost something at any budget). Binary search: the storage never shrinks as the budget grows.
+[[nodiscard]] inline std::int64_t kept_tokens_for_bits(PlanRequest r, double bits) {
+  require(bits > 0 && bits <= 64, ErrorCode::invalid_argument,
+          "kept tokens for a bits-per-element budget: bits must be in (0, 64], got " + std::to_string(bits));
+  auto fits = [&](std::int64_t kept) {
+    r.kept_tokens = kept;
+    return kv_bits_per_element(r) <= bits;
+  };
+  if (!fits(1)) return 0;
+  if (fits(r.context)) return r.context;
+  std::int64_t low = 1, high = r.context;  // fits(low), !fits(high)
+  while (high - low > 1) {
+    const std::int64_t middle = low + (high - low) / 2;
+    (fits(middle) ? low : high) = middle;
+  }
+  return low;
 }
 
 struct LargestContext {

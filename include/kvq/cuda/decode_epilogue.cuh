@@ -85,16 +85,8 @@ struct DecodeBlockRange {
   std::int64_t begin, end;
 };
 
-// Block epilogue, called by all threads of the block after each warp w stored its state for every head h of the
-// block in merge_max[w][h] (running max, log2 domain), merge_sum[w][h] (sum of exponentials) and merge_acc[w][h]
-// (unnormalised output): block result per head, then (splits > 1) the fp32 partial and its log2-sum-exp to the
-// workspace and, in the last block of the (sequence, KV head) to arrive, the combination of all splits in a fixed
-// order; rotated values are rotated back; the output is written.
-//
-// With importance (a.importance enabled), every block also adds the probabilities of its tokens [begin, end) to the
-// importance rows: the splits of the (sequence, KV head, chunk) wait for each other at the arrival counter (the
-// launch is cooperative, so they are all resident), each computes the call's log-sum-exp from all splits', turns
-// its stored logits into probabilities and adds them; the last block to depart combines the outputs as above.
+// Importance: adds the probabilities of a block's tokens [begin, end), 2^(logit - lse) summed over its heads, to
+// the KV head's importance row (lse: the call's log2-sum-exp per head).
 template <int GroupWidth, int Threads, class Args>
 __device__ __forceinline__ void add_importance(const Args& a, const float (&lse)[GroupWidth], int b, int first_head,
                                                int heads_here, const DecodeBlockRange& range) {
@@ -110,6 +102,16 @@ __device__ __forceinline__ void add_importance(const Args& a, const float (&lse)
   }
 }
 
+// Block epilogue, called by all threads of the block after each warp w stored its state for every head h of the
+// block in merge_max[w][h] (running max, log2 domain), merge_sum[w][h] (sum of exponentials) and merge_acc[w][h]
+// (unnormalised output): block result per head, then (splits > 1) the fp32 partial and its log2-sum-exp to the
+// workspace and, in the last block of the (sequence, KV head) to arrive, the combination of all splits in a fixed
+// order; rotated values are rotated back; the output is written.
+//
+// With importance (a.importance enabled), every block also adds the probabilities of its tokens [begin, end) to the
+// importance rows: the splits of the (sequence, KV head, chunk) wait for each other at the arrival counter (the
+// launch is cooperative, so they are all resident), each computes the call's log-sum-exp from all splits', turns
+// its stored logits into probabilities and adds them; the last block to depart combines the outputs as above.
 template <class V, int D, int GroupWidth, int Warps, int Threads, class Args>
 __device__ __forceinline__ void finish_decode_block(const Args& a, float (&merge_acc)[Warps][GroupWidth][D],
                                                     const float (&merge_max)[Warps][GroupWidth],

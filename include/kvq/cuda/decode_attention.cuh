@@ -125,6 +125,7 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
   // Scores U tokens (keys already in the scoring domain) and folds their values into the slot's softmax state.
   // Token of step u of a loop at `base`: base + u * slots + slot.
   const bool keep_logits = a.importance.scores != nullptr && lane_in_token == 0;
+  float* const logits = keep_logits ? logit_row(a, b, first_head) : nullptr;  // head h's row at h * logit_stride
   auto attend = [&](float (&key)[U][N], float (&value)[U][N], const bool (&live)[U], std::int64_t base) {
     float score[U][GroupWidth];
 #pragma unroll
@@ -137,7 +138,7 @@ __global__ void __launch_bounds__(DecodeGeometry<Tier::KeyPolicy::head_dim, Grou
 #pragma unroll
         for (int mask = 1; mask < L; mask *= 2) s += __shfl_xor_sync(0xFFFFFFFFu, s, mask);
         score[u][h] = a.soft_cap > 0.0f ? a.soft_cap * log2_e * tanhf(s * a.scale_log2 / a.soft_cap) : s * a.scale_log2;
-        if (keep_logits && live[u] && h < heads_here) store_logit(a, b, first_head + h, base + u * slots + slot, score[u][h]);
+        if (keep_logits && live[u] && h < heads_here) store_logit(logits + h * a.logit_stride, base + u * slots + slot, score[u][h]);
       }
 #pragma unroll
     for (int u = 0; u < U; ++u) {

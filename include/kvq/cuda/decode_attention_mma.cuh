@@ -460,6 +460,8 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
   // Folds a tile's raw scores into the softmax state and returns P^T as the B operand of the value mma.
   // Rows g, g + 8 of a tile are tokens first_token + g, first_token + g + 8 (importance keeps their logits).
   const bool keep_logits = a.importance.scores != nullptr;
+  float* const logit_rows[2] = {keep_logits && head_on[0] ? logit_row(a, b, first_head + 2 * t) : nullptr,
+                                keep_logits && head_on[1] ? logit_row(a, b, first_head + 2 * t + 1) : nullptr};
   auto softmax = [&](float (&p)[2][2], const bool (&live)[2], std::uint32_t& p0, std::uint32_t& p1,
                      std::int64_t first_token) {
     if constexpr (H == 4 && KG >= 2) {  // the other group's half of each score
@@ -477,7 +479,7 @@ __global__ void __launch_bounds__(MmaDecode<Tier, GroupWidth>::threads, GroupWid
       for (int row = 0; row < 2; ++row)
 #pragma unroll
         for (int j = 0; j < 2; ++j)
-          if (live[row] && head_on[j]) store_logit(a, b, first_head + 2 * t + j, first_token + g + 8 * row, p[row][j]);
+          if (live[row] && head_on[j]) store_logit(logit_rows[j], first_token + g + 8 * row, p[row][j]);
     }
     float top[2];
 #pragma unroll

@@ -43,11 +43,14 @@ struct DecodeArgs {
 };
 
 // Importance bookkeeping: a block's token logits, stored as the kernels score them (log2 domain, soft cap
-// applied), to be turned into probabilities once the call's log-sum-exp is known (finish_decode_block).
+// applied), to be turned into probabilities once the call's log-sum-exp is known (finish_decode_block). A kernel
+// takes the row of each head it scores once (`logit_row`) and stores into it per token, so the hot loop carries
+// no 64-bit index arithmetic.
 template <class Args>
-__device__ __forceinline__ void store_logit(const Args& a, int b, int head, std::int64_t token, float logit) {
-  __stcg(a.logits + (std::int64_t{b} * a.q_heads + head) * a.logit_stride + token, logit);
+__device__ __forceinline__ float* logit_row(const Args& a, int b, int head) {
+  return a.logits + (std::int64_t{b} * a.q_heads + head) * a.logit_stride;
 }
+__device__ __forceinline__ void store_logit(float* row, std::int64_t token, float logit) { __stcg(row + token, logit); }
 
 // Launches a decode kernel; `cooperative` (importance with splits: the splits wait for each other) makes the
 // launch fail rather than start a grid whose blocks cannot all be resident. Valid in CUDA-graph capture.
@@ -86,19 +89,44 @@ struct DecodeBlockRange {
 };
 
 // Importance: adds the probabilities of a block's tokens [begin, end), 2^(logit - lse) summed over its heads, to
-// the KV head's importance row (lse: the call's log2-sum-exp per head).
+// the KV head's importance row (lse: the call's log2-sum-exp per head). The logit rows are 16-byte aligned
+// (workspace alignment, logit_stride % 4 == 0), so a thread reads a quad of tokens as one float4 per head, and
+// `unroll` quads are loaded before any is added: the adds could alias the logits as far as the compiler knows, so
+// without this each quad's loads would wait for the previous quad's atomics (one L2 round trip per 4 tokens).
 template <int GroupWidth, int Threads, class Args>
 __device__ __forceinline__ void add_importance(const Args& a, const float (&lse)[GroupWidth], int b, int first_head,
                                                int heads_here, const DecodeBlockRange& range) {
+  constexpr int unroll = 4;
+  if (range.begin >= range.end) return;
   float* const row = a.importance.scores + range.sequence * a.importance.sequence_stride +
                      range.kv_head * a.importance.head_stride;
   const float* const logits = a.logits + (std::int64_t{b} * a.q_heads + first_head) * a.logit_stride;
-  for (std::int64_t token = range.begin + threadIdx.x; token < range.end; token += Threads) {
-    float sum = 0.0f;
+  const std::int64_t first_quad = range.begin / 4, quads = (range.end + 3) / 4 - first_quad;
+  for (std::int64_t base = threadIdx.x; base < quads; base += std::int64_t{Threads} * unroll) {
+    float4 x[unroll][GroupWidth];
 #pragma unroll
-    for (int h = 0; h < GroupWidth; ++h)
-      if (h < heads_here) sum += exp2f(__ldcg(logits + h * a.logit_stride + token) - lse[h]);
-    atomicAdd(row + token, sum);  // one block per element unless the group is served in chunks
+    for (int k = 0; k < unroll; ++k) {
+      const std::int64_t quad = first_quad + base + std::int64_t{k} * Threads;
+#pragma unroll
+      for (int h = 0; h < GroupWidth; ++h)
+        x[k][h] = h < heads_here && quad < first_quad + quads
+                      ? __ldcg(reinterpret_cast<const float4*>(logits + h * a.logit_stride) + quad)
+                      : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+    }
+#pragma unroll
+    for (int k = 0; k < unroll; ++k) {
+      const std::int64_t token = (first_quad + base + std::int64_t{k} * Threads) * 4;
+      float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int h = 0; h < GroupWidth; ++h)
+        if (h < heads_here) {
+          sum[0] += exp2f(x[k][h].x - lse[h]), sum[1] += exp2f(x[k][h].y - lse[h]);
+          sum[2] += exp2f(x[k][h].z - lse[h]), sum[3] += exp2f(x[k][h].w - lse[h]);
+        }
+#pragma unroll
+      for (int e = 0; e < 4; ++e)  // one block per element unless the group is served in chunks
+        if (token + e >= range.begin && token + e < range.end) atomicAdd(row + token + e, sum[e]);
+    }
   }
 }
 

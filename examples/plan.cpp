@@ -46,9 +46,10 @@ options:
   --context N           tokens per sequence (default: the model's trained context); K = 1024, M = 1048576
   --gpu SIZE            GPU memory (default 80GiB); units B, KiB, MiB, GiB, TiB, KB, MB, GB, TB; no unit = GiB
   --chunk N             prefill chunk tokens (default 2048)
+  --logits WHICH        prefill tokens given logits: last (generation, default) | every (scoring a text, kvq_eval)
   --page-tokens N       cache page size in tokens (default 256)
   --sm-count N          SMs for the decode split-KV workspace (default 132, an H100 SXM)
-  --cuda-context SIZE   CUDA context and library overhead (default 500MiB; no unit = MiB)
+  --cuda-context SIZE   device memory a process holds beyond its allocations (default 600MiB; no unit = MiB)
   --keep N              eviction budget: the cache keeps at most N tokens per sequence (kvq_llama --evict)
   --kv-bits B           a KV budget in bits per element of the whole context: the largest --keep that fits it
   --promote F           int8 copies of the fraction F of quantized tokens (kvq_llama --promote; fp16 window >= 32)
@@ -170,6 +171,11 @@ Options parse_options(int argc, char** argv) {
       if (o.gpu_bytes <= 0) throw UsageError{"--gpu must be positive"};
     } else if (arg == "--chunk") {
       o.request.assumptions.prefill_chunk_tokens = parse_int(value(), arg);
+    } else if (arg == "--logits") {
+      const std::string which(value());
+      if (which == "last") o.request.assumptions.prefill_logits = PrefillLogits::last_token;
+      else if (which == "every") o.request.assumptions.prefill_logits = PrefillLogits::every_token;
+      else throw UsageError{fmt::format("--logits expects last or every, got \"{}\"", which)};
     } else if (arg == "--page-tokens") {
       o.request.assumptions.page_tokens = parse_int(value(), arg);
     } else if (arg == "--sm-count") {
@@ -262,16 +268,17 @@ void print_plan(const Options& o) {
   const bool prefill_larger = plan.prefill.total() >= plan.decode.total();
   auto workspace = [&](const StepWorkspace& s, std::string_view what, bool counted, std::string_view attention) {
     row(fmt::format("workspace: {}", what), s.total(), counted ? "(the larger: counted)" : "(not counted)");
-    row("  hidden states (16-bit)", s.hidden_states);
-    row("  q, k, v, attention output (16-bit)", s.projections);
-    row("  MLP gate and up (16-bit)", s.mlp);
-    row(fmt::format("  logits (fp32, {} x {})", grouped(s.tokens), grouped(m.vocab)), s.logits);
+    row("  residual fp32, RMSNorm output fp16", s.hidden_states);
+    row("  q/k/v, rotated q fp32; k, v, out fp16", s.projections);
+    row("  MLP gate/up fp32, SwiGLU fp16", s.mlp);
+    row(fmt::format("  logits (fp32, {} x {})", grouped(s.logits / (std::int64_t{m.vocab} * 4)), grouped(m.vocab)), s.logits);
     row(fmt::format("  attention: {}", attention), s.attention);
   };
   workspace(plan.prefill, fmt::format("prefill chunk of {} tokens", grouped(plan.prefill.tokens)), prefill_larger,
-            "none (prefill kernel reads pages in tiles)");
+            "none (tiles in shared memory)");
   workspace(plan.decode, fmt::format("decode, {} sequence(s)", r.batch), !prefill_larger, "split-KV partials");
-  row("CUDA context (assumed)", plan.cuda_context);
+  row("cuBLAS workspace", plan.library_workspace);
+  row("CUDA context, kernels, rounding (assumed)", plan.cuda_context);
   row("total", plan.total());
   const std::int64_t room = o.gpu_bytes - plan.total();
   fmt::print("\n  {} on {:.2f} GiB: {}\n", room >= 0 ? "fits" : "does NOT fit", in_gib(o.gpu_bytes),

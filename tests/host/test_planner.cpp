@@ -145,15 +145,24 @@ TEST_CASE("the planner's KV bytes are what the cache allocates for the same conf
 
 TEST_CASE("workspace: prefill chunk and decode step, by hand") {
   const MemoryPlan plan = plan_memory(request("Llama-3-8B", "fp16", 131072));
-  // Prefill, 2048 tokens: residual + normed 2 * 2048 * 4096 * 2; q, k, v, out 2048 * (32 + 8 + 8 + 32) * 128 * 2;
-  // gate + up 2 * 2048 * 14336 * 2; logits 2048 * 128256 * 4; attention none (the prefill kernel has no workspace).
+  // Prefill, 2048 tokens, the reference engine's buffers: residual fp32 + normed fp16, 2048 * 4096 * (4 + 2);
+  // q/k/v product fp32 (4096 + 2 * 1024) * 4, rotated queries fp32 4096 * 4, k and v fp16 2 * 1024 * 2, attention
+  // output fp16 4096 * 2 = 53248 bytes a token; gate/up fp32 + SwiGLU fp16 2048 * 14336 * (8 + 2); logits of the
+  // last token only 128256 * 4; attention none (the prefill kernel has no workspace).
   CHECK(plan.prefill.tokens == 2048);
-  CHECK(plan.prefill.hidden_states == 33'554'432);
-  CHECK(plan.prefill.projections == 41'943'040);
-  CHECK(plan.prefill.mlp == 117'440'512);
-  CHECK(plan.prefill.logits == 1'050'673'152);
+  CHECK(plan.prefill.hidden_states == 50'331'648);
+  CHECK(plan.prefill.projections == 2048 * 53248);
+  CHECK(plan.prefill.mlp == 293'601'280);
+  CHECK(plan.prefill.logits == 513'024);
   CHECK(plan.prefill.attention == 0);
-  CHECK(plan.prefill.total() == 1'243'611'136);
+  CHECK(plan.prefill.total() == 453'497'856);
+  // Scoring every token of the chunk (kvq_eval): 2048 rows of logits, 1 GiB of the 1.4.
+  PlanRequest scoring = request("Llama-3-8B", "fp16", 131072);
+  scoring.assumptions.prefill_logits = PrefillLogits::every_token;
+  const MemoryPlan scored = plan_memory(scoring);
+  CHECK(scored.prefill.logits == 1'050'673'152);
+  CHECK(scored.prefill.total() == 1'503'657'984);
+  CHECK(scored.total() - plan.total() == 1'050'673'152 - 513'024);
   // Decode, batch 1: one token; the split-KV workspace is the decode kernel's own plan (fp16: 512 bytes per token
   // and head), whatever split count it picks.
   CHECK(plan.decode.tokens == 1);
@@ -161,8 +170,9 @@ TEST_CASE("workspace: prefill chunk and decode step, by hand") {
   CHECK(plan.decode.attention == plan_decode({1, 32, 8, 128}, 131072, 512.0, 132).workspace_bytes);
   CHECK(plan.decode.attention > 0);
   CHECK(plan.workspace() == plan.prefill.total());
-  CHECK(plan.cuda_context == 500 * mebibyte);
-  CHECK(plan.total() == plan.weights.total() + plan.kv.total() + plan.prefill.total() + 500 * mebibyte);
+  CHECK(plan.cuda_context == 600 * mebibyte);
+  CHECK(plan.library_workspace == 32 * mebibyte);
+  CHECK(plan.total() == plan.weights.total() + plan.kv.total() + plan.prefill.total() + 32 * mebibyte + 600 * mebibyte);
   // A context shorter than the chunk prefills only the context.
   CHECK(plan_memory(request("Llama-3-8B", "fp16", 100)).prefill.tokens == 100);
   // Exact weight bytes (e.g. from a GGUF file) replace the estimate.

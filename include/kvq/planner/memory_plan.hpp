@@ -10,15 +10,23 @@
 //   KV cache    pages for every sequence at its full context (the cache's default pool), fp16 sinks and window,
 //               and the device cache's page table, lengths, quantized counts and plan entries.
 //   workspace   the larger of a prefill step (one sequence, `prefill_chunk_tokens` tokens) and a decode step
-//               (one token for each of `batch` sequences), each the sum of its buffers, none reused:
-//                 hidden states   residual stream + its RMSNorm output, 16-bit, tokens x hidden x 2 each
-//                 projections     q, k, v and the attention output, 16-bit
-//                 MLP             gate and up outputs, 16-bit, tokens x intermediate x 2 each
-//                 logits          fp32, tokens x vocab (every token of a prefill chunk is scored, as the
-//                                 evaluation harness does; an engine that scores only the last token needs less)
+//               (one token for each of `batch` sequences), each the sum of its buffers, none reused, as kvq's
+//               reference engine (examples/llama, GPU backend) lays them out: products accumulate and come out of
+//               cuBLAS in fp32, their 16-bit inputs are separate buffers.
+//                 hidden states   fp32 residual stream + its fp16 RMSNorm output: tokens x hidden x (4 + 2)
+//                 projections     the fused q/k/v product (fp32), the rotated queries (fp32), the keys and
+//                                 values handed to the cache (fp16), the attention output (fp16)
+//                 MLP             the fused gate/up product (fp32) and the SwiGLU output (fp16):
+//                                 tokens x intermediate x (2 x 4 + 2)
+//                 logits          fp32 x vocab for the rows that are scored: a prefill chunk's last token
+//                                 (generation; `prefill_logits`), or every token (scoring a text, as kvq_eval
+//                                 does: 1 GiB for a 2048-token chunk of a 128K vocabulary); decode: one per sequence
 //                 attention       prefill: none (kvq::cuda::prefill_attention_async reads the pages in tiles
 //                                 through shared memory and takes no workspace, whatever the context);
 //                                 decode: the split-KV partials of plan_decode(), the decode kernel's own query
+//               An engine with 16-bit activations throughout needs about half of the non-logit part.
+//   library     the matrix library's workspace (`library_workspace_bytes`, 32 MiB: what the reference engine gives
+//               cuBLAS with cublasSetWorkspace, NVIDIA's advice for Hopper)
 //   budgets     `kept_tokens` (token eviction, kvq/cache/eviction.hpp): the cache holds at most that many tokens of
 //               each sequence, so pages, decode workspace and the prefill's K/V read are sized for
 //               min(context, kept_tokens); kv_bits_per_element() is what those bytes cost per element of the
@@ -27,8 +35,11 @@
 //               `promoted_fraction` (per-token precision tiers, kvq/cache/promoted_tokens.hpp): int8 copies of that
 //               fraction of the quantized tokens per layer and KV head, records and token indices, and the fp16
 //               window widened to `promotion_window_tokens` (the observation period) if the preset's is shorter
-//   CUDA context  a stated constant (`cuda_context_bytes`, 500 MiB by default: driver, context and cuBLAS
-//               handles; measure yours with nvidia-smi before the first allocation)
+//   CUDA context  a stated constant (`cuda_context_bytes`): what a process holds on the device beyond its own
+//               allocations (driver, context, cuBLAS handle, kernel images, allocation rounding). The default,
+//               600 MiB, is what the reference example held on an H200 (CUDA 13.0, driver 580) beyond its
+//               allocations in 256-token runs: 0.59 GiB (Llama-3.2-1B), 0.61 GiB (Llama-3-8B), of which 527 MiB
+//               before its first allocation. Other GPUs and drivers differ; measure yours (kvq_llama prints it).
 //
 // The naive estimate is the founding notes' formula, kept beside the plan so that the GQA correction is visible:
 // weights + 2 * layers * QUERY heads * head_dim * bits/8 * tokens, nothing else. Llama-3 stores only its 8 KV
@@ -75,12 +86,20 @@ enum class WeightType { fp16, bf16, int8, int4 };
   throw Error(ErrorCode::invalid_argument, "unknown weight type \"" + std::string(name) + "\"; known: fp16, bf16, int8, int4");
 }
 
+// Which tokens of a prefill chunk get logits (the LM head's output, fp32 x vocab each).
+enum class PrefillLogits {
+  last_token,   // generation: only the next token after the prompt is sampled
+  every_token,  // scoring a text (perplexity, KL divergence): every position's next-token distribution
+};
+
 struct PlanAssumptions {
   int prefill_chunk_tokens = 2048;
+  PrefillLogits prefill_logits = PrefillLogits::last_token;
+  std::int64_t library_workspace_bytes = 32 * mebibyte;  // cuBLAS's (cublasSetWorkspace)
   int page_tokens = 256;                          // the cache's page size; a multiple of the preset's flush unit
   int weight_group_size = 128;                    // int8/int4 weights: input features per fp16 scale
   int sm_count = 132;                             // H100 SXM; sizes the decode split-KV workspace
-  std::int64_t cuda_context_bytes = 500 * mebibyte;
+  std::int64_t cuda_context_bytes = 600 * mebibyte;
 };
 
 struct PlanRequest {
@@ -129,9 +148,12 @@ struct MemoryPlan {
   WeightBytes weights;
   KVCacheBytes kv;
   StepWorkspace prefill, decode;
+  std::int64_t library_workspace = 0;  // PlanAssumptions::library_workspace_bytes
   std::int64_t cuda_context = 0;
   [[nodiscard]] std::int64_t workspace() const { return std::max(prefill.total(), decode.total()); }
-  [[nodiscard]] std::int64_t total() const { return weights.total() + kv.total() + workspace() + cuda_context; }
+  [[nodiscard]] std::int64_t total() const {
+    return weights.total() + kv.total() + workspace() + library_workspace + cuda_context;
+  }
 };
 
 // What the planner refuses: beyond these the inputs are typos, not hardware.
@@ -192,6 +214,7 @@ inline void validate_plan_request(const PlanRequest& r) {
   require_in_range(r.assumptions.weight_group_size, 1, ModelLimits::max_hidden, where, "weight group size");
   require_in_range(r.assumptions.sm_count, 1, PlanLimits::max_sm_count, where, "SM count");
   require_in_range(r.assumptions.cuda_context_bytes, 0, PlanLimits::max_cuda_context, where, "CUDA context bytes");
+  require_in_range(r.assumptions.library_workspace_bytes, 0, PlanLimits::max_cuda_context, where, "library workspace bytes");
   if (r.weight_bytes) require_in_range(*r.weight_bytes, 0, PlanLimits::max_gpu_bytes, where, "weight bytes");
   if (r.kept_tokens) require_in_range(*r.kept_tokens, 1, ModelLimits::max_context, where, "kept tokens (eviction budget)");
   if (r.promoted_fraction)
@@ -236,14 +259,16 @@ KVCacheBytes kv_cache_bytes(const PlanRequest& r) {
   return kv;
 }
 
-// Activations of one forward step over `tokens` query tokens, attention workspace excluded.
-inline StepWorkspace step_activations(const ModelShape& m, std::int64_t tokens) {
+// Activations of one forward step over `tokens` query tokens of which `scored` get logits, attention workspace
+// excluded (the buffers of the header comment).
+inline StepWorkspace step_activations(const ModelShape& m, std::int64_t tokens, std::int64_t scored) {
   StepWorkspace w;
   w.tokens = tokens;
-  w.hidden_states = 2 * tokens * m.hidden * 2;
-  w.projections = tokens * (2 * std::int64_t{m.query_heads} + 2 * m.kv_heads) * m.head_dim * 2;
-  w.mlp = 2 * tokens * m.intermediate * 2;
-  w.logits = tokens * m.vocab * 4;
+  const std::int64_t q = std::int64_t{m.query_heads} * m.head_dim, kv = std::int64_t{m.kv_heads} * m.head_dim;
+  w.hidden_states = tokens * m.hidden * (4 + 2);
+  w.projections = tokens * ((q + 2 * kv) * 4 + q * 4 + 2 * kv * 2 + q * 2);
+  w.mlp = tokens * m.intermediate * (2 * 4 + 2);
+  w.logits = scored * m.vocab * 4;
   return w;
 }
 
@@ -269,14 +294,17 @@ inline StepWorkspace step_activations(const ModelShape& m, std::int64_t tokens) 
   plan.weights.exact = r.weight_bytes;
   plan.kv = visit_preset(r.kv_preset, r.model.head_dim, [&]<class P>() { return detail::kv_cache_bytes<P>(r); });
 
-  plan.prefill = detail::step_activations(r.model, std::min<std::int64_t>(r.assumptions.prefill_chunk_tokens, r.context));
+  const std::int64_t chunk = std::min<std::int64_t>(r.assumptions.prefill_chunk_tokens, r.context);
+  plan.prefill = detail::step_activations(r.model, chunk,
+                                          r.assumptions.prefill_logits == PrefillLogits::every_token ? chunk : 1);
   plan.prefill.attention = 0;  // prefill_attention_async: no workspace (tiles in shared memory)
 
-  plan.decode = detail::step_activations(r.model, r.batch);
+  plan.decode = detail::step_activations(r.model, r.batch, r.batch);
   const DecodePlan decode = plan_decode({r.batch, r.model.query_heads, r.model.kv_heads, r.model.head_dim}, r.held_tokens(),
                                         plan.kv.bytes_per_token_head, r.assumptions.sm_count);
   plan.decode.attention = decode.workspace_bytes;
 
+  plan.library_workspace = r.assumptions.library_workspace_bytes;
   plan.cuda_context = r.assumptions.cuda_context_bytes;
   return plan;
 }

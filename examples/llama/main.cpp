@@ -262,11 +262,12 @@ void print_gpu_memory(const GpuBackend& backend) {
   const GpuMemoryPlan& plan = backend.memory_plan();
   fmt::print(
       "GPU memory: planned {} for the backend's own allocations, allocated {}; device in use before them {} (CUDA "
-      "context; estimate was {}), after them {}; peak in use {} of {} (cudaMemGetInfo after each step: context, "
-      "cuBLAS's own, kernel images, allocation rounding included; planned total {})\n",
+      "context, cuBLAS handle), after them {}; peak in use {} of {} (cudaMemGetInfo after each step), of which {} "
+      "beyond the backend's allocations (context, kernel images, allocation rounding; planned {}, kvq_plan "
+      "--cuda-context); planned total {}\n",
       format_bytes(plan.allocated()), format_bytes(use.allocated), format_bytes(use.used_at_start),
-      format_bytes(plan.cuda_context), format_bytes(use.used_after_setup), format_bytes(use.peak_used),
-      format_bytes(use.device_total), format_bytes(plan.total()));
+      format_bytes(use.used_after_setup), format_bytes(use.peak_used), format_bytes(use.device_total),
+      format_bytes(use.peak_used - use.allocated), format_bytes(plan.cuda_context), format_bytes(plan.total()));
 }
 #endif
 

@@ -30,6 +30,9 @@
 #include "kvq/planner/memory_plan.hpp"
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
+#ifdef KVQ_LLAMA_HAS_GPU
+#include "runtime/gpu_backend.hpp"
+#endif
 #include "runtime/kv_calibration.hpp"
 #include "runtime/kv_importance.hpp"
 #include "runtime/kv_presets.hpp"
@@ -56,7 +59,7 @@ constexpr const char* usage = R"(usage: kvq_eval --model PATH --text FILE [optio
   --windows N          windows taken, spread evenly over the text (default 0 = every window)
   --from F             windows start at or after this fraction of the text (default 0)
   --chunk N            tokens per forward step (default 256); 1 = token-by-token decode
-  --backend NAME       cpu (default; a GPU backend plugs in at make_backend() in kvq_eval.cpp)
+  --backend NAME       cpu (default) or gpu (builds with CUDA; steps of up to --chunk tokens, scored whole)
   --out PREFIX         write PREFIX.md, PREFIX.csv and PREFIX.png (+ .dat, .gp)
   --no-plot            no PNG
   --merge LIST         join reports of one text written with --out by runs that split the preset list
@@ -202,12 +205,24 @@ PresetSpec parse_spec(const std::string& text) {
   return spec;
 }
 
-// The one place a backend is chosen. Only the CPU backend exists in this build; the GPU backend
-// (make_gpu_backend, same KvCacheOptions, same Backend interface) is added here when it lands.
-std::unique_ptr<Backend> make_backend(const std::string& backend, const LlamaModel& model, const KvCacheOptions& kv) {
-  require(backend == "cpu", ErrorCode::invalid_argument,
-          fmt::format("--backend {}: this build has only the cpu backend", backend));
-  return make_cpu_backend(model, kv);
+// The one place a backend is chosen. The GPU backend scores whole steps (GpuOptions::score_every_token) of up to
+// --chunk tokens, cut where decode semantics need it like the CPU backend's (runtime/exact_step.hpp).
+std::unique_ptr<Backend> make_backend(const std::string& backend, const LlamaModel& model, const KvCacheOptions& kv,
+                                      [[maybe_unused]] std::int64_t chunk) {
+  if (backend == "cpu") return make_cpu_backend(model, kv);
+#ifdef KVQ_LLAMA_HAS_GPU
+  if (backend == "gpu") {
+    require(chunk <= 65536, ErrorCode::invalid_argument, "--chunk: at most 65536 tokens a step on the GPU backend");
+    GpuOptions gpu;
+    gpu.max_chunk_tokens = static_cast<int>(chunk);
+    gpu.score_every_token = true;
+    return make_gpu_backend(model, kv, gpu);
+  }
+  throw kvq::Error(ErrorCode::invalid_argument, fmt::format("--backend {}: cpu or gpu", backend));
+#else
+  throw kvq::Error(ErrorCode::invalid_argument,
+              fmt::format("--backend {}: this build has only the cpu backend (configure with CUDA for gpu)", backend));
+#endif
 }
 
 struct Run {
@@ -237,7 +252,7 @@ std::vector<Run> make_runs(const Options& o, const LlamaModel& model, std::int64
               fmt::format("preset {} needs --calibration FILE", spec.label));
       kv.calibration = calibration;
     }
-    runs.push_back(Run{spec, make_backend(o.backend, model, kv), {}, 0});
+    runs.push_back(Run{spec, make_backend(o.backend, model, kv, o.chunk), {}, 0});
   }
   return runs;
 }

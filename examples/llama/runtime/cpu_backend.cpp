@@ -14,6 +14,7 @@
 #include "kvq/host/decode_attention.hpp"
 #include "kvq/host/promoted_attention.hpp"
 #include "runtime/cpu_math.hpp"
+#include "runtime/exact_step.hpp"
 #include "runtime/kv_importance.hpp"
 #include "runtime/kv_presets.hpp"
 #include "runtime/prefill_attention.hpp"
@@ -115,7 +116,7 @@ class CpuBackend final : public Backend {
     return logits_;
   }
 
-  // One token is decode (forward()); more are chunks cut where decode semantics need it (exact_step).
+  // One token is decode (forward()); more are chunks cut where decode semantics need it (runtime/exact_step.hpp).
   void forward_logits(std::span<const TokenId> tokens, std::span<float> logits) override {
     const LlamaConfig& c = model_.config;
     require(logits.size() == tokens.size() * static_cast<std::size_t>(c.vocabulary), ErrorCode::invalid_argument,
@@ -128,7 +129,7 @@ class CpuBackend final : public Backend {
     // Steps that end where the cache would flush: every query then sees the cache exactly as in token-by-token
     // decode (cpu_backend.hpp), at the speed of chunks.
     for (std::size_t begin = 0; begin < tokens.size();) {
-      const std::size_t size = eviction_step(exact_step(tokens.size() - begin));
+      const std::size_t size = eviction_step(exact_step(cache_.sequences(), 0, tokens.size() - begin));
       step(tokens.subspan(begin, size));
       const auto count = static_cast<std::int64_t>(size);
       rms_norm(hidden_.data(), model_.weights.output_norm.data(), count, c.hidden, c.rms_epsilon, normed_.data());
@@ -184,27 +185,6 @@ class CpuBackend final : public Backend {
 
   [[nodiscard]] ImportanceView importance_view(int layer) {
     return accumulate_ && importance_ ? importance_->view(layer) : ImportanceView{};
-  }
-
-  // The longest step (at most `limit` tokens) from the current position in which every query sees the tokens before
-  // it stored as token-by-token decode would have them. Query t of a step reads the cache as it is after the whole
-  // step; decode read it after token t. The two differ only if the step flushes tokens <= t out of the fp16
-  // sinks/window into pages after t arrived: so once a query has fp16 window tokens behind it, the step ends before
-  // the next token that would move the quantized count. Per-token presets without a window quantize each token as
-  // it arrives and never end a step early.
-  [[nodiscard]] std::size_t exact_step(std::size_t limit) const {
-    const SequenceGeometry& geometry = cache_.sequences().geometry();
-    const auto& sequence = cache_.sequences().sequence(0);
-    std::optional<std::int64_t> required;  // the quantized count every later token of the step must keep
-    std::size_t size = 0;
-    for (; size < limit; ++size) {
-      const std::int64_t length = sequence.length + static_cast<std::int64_t>(size) + 1;  // after this token
-      const std::int64_t quantized = geometry.quantized_after(length, sequence.quantized);
-      if (required && quantized != *required) break;
-      const bool window_behind = geometry.sink_tokens + quantized < length;  // fp16 window tokens this query reads
-      if (window_behind && !required) required = quantized;
-    }
-    return std::max<std::size_t>(size, 1);
   }
 
   // The layers of one step: afterwards the cache holds the tokens and hidden_ their final hidden states.

@@ -28,6 +28,7 @@
 #include "runtime/gpu_backend.hpp"
 #include "runtime/gpu_backend_at.hpp"
 #include "runtime/gpu_blas.hpp"
+#include "runtime/exact_step.hpp"
 #include "runtime/gpu_kernels.hpp"
 #include "runtime/kv_presets.hpp"
 
@@ -83,7 +84,8 @@ void params_to_device(typename Policy::Params& params, DeviceMemory& memory) {
     params_to_device<typename Policy::InnerPolicy>(params.inner, memory);
 }
 
-inline constexpr std::int64_t cublas_workspace_bytes = std::int64_t{32} << 20;  // cuBLAS's advice for Hopper
+// cuBLAS's advice for Hopper, 32 MiB; the planner counts the same figure.
+inline constexpr std::int64_t cublas_workspace_bytes = PlanAssumptions{}.library_workspace_bytes;
 
 template <KVPreset Preset, class Tiers>
 GpuMemoryPlan gpu_memory_plan(const LlamaConfig& c, const CacheConfig& cache, const GpuOptions& gpu) {
@@ -91,7 +93,8 @@ GpuMemoryPlan gpu_memory_plan(const LlamaConfig& c, const CacheConfig& cache, co
   plan.weights = weight_layout(c).total_bytes;
   plan.kv = cuda::PagedKVCache<Tiers>::required_memory(cache);
   plan.kv_format = kv_cache_format<Preset>(cache.layer_tier, cache.page_tokens, cache.kv_heads).format;
-  plan.activations = activation_layout(c, gpu.max_chunk_tokens, cache.max_tokens_per_sequence);
+  plan.activations = activation_layout(c, gpu.max_chunk_tokens, cache.max_tokens_per_sequence,
+                                       gpu.score_every_token ? gpu.max_chunk_tokens : 1);
   // One decode workspace per tier in use: plans of different tiers lay their counters out differently.
   const std::set<int> tiers(cache.layer_tier.begin(), cache.layer_tier.end());
   plan.decode_workspace = static_cast<std::int64_t>(tiers.size()) * decode_workspace_bound(c);
@@ -147,7 +150,7 @@ class GpuBackendImpl final : public GpuBackend {
         used_at_start_(device_used_bytes(&device_total_)),
         cache_(cache_config, std::numeric_limits<std::int64_t>::max()),
         host_ids_(plan.activations.max_tokens + 2),
-        host_logits_(config.vocabulary) {
+        host_logits_(std::int64_t{config.vocabulary} * plan.activations.logit_rows) {
     peak_used_ = used_at_start_;
     const cudaStream_t stream = stream_.get();
     // Weights, one allocation laid out by weight_layout().
@@ -224,6 +227,43 @@ class GpuBackendImpl final : public GpuBackend {
   }
 
   std::span<const float> forward(std::span<const TokenId> tokens) override {
+    const std::int64_t count = run_step(tokens);
+    score(count - 1, 1);
+    cuda::check(cudaStreamSynchronize(stream_.get()), "GPU backend: forward");
+    sample_memory();
+    return {host_logits_.get(), static_cast<std::size_t>(config_.vocabulary)};
+  }
+
+  // With GpuOptions::score_every_token, steps cut where decode semantics need it (runtime/exact_step.hpp), each
+  // scored whole: every query of a step sees the cache exactly as in token-by-token decode, at the speed of chunks
+  // (the prefill kernel reads the step's tokens as the cache stores them, like decode; a one-token step is decode).
+  // Without it, Backend's token-by-token default.
+  void forward_logits(std::span<const TokenId> tokens, std::span<float> logits) override {
+    const std::int64_t rows = plan_.activations.logit_rows;
+    if (rows == 1) {
+      Backend::forward_logits(tokens, logits);
+      return;
+    }
+    const auto vocabulary = static_cast<std::size_t>(config_.vocabulary);
+    require(logits.size() == tokens.size() * vocabulary, ErrorCode::invalid_argument,
+            "forward_logits: the output must hold tokens x vocabulary floats");
+    for (std::size_t begin = 0; begin < tokens.size();) {
+      const std::size_t size =
+          exact_step(cache_.sequences(), 0, std::min(tokens.size() - begin, static_cast<std::size_t>(rows)));
+      const std::int64_t count = run_step(tokens.subspan(begin, size));
+      score(0, count);
+      cuda::check(cudaStreamSynchronize(stream_.get()), "GPU backend: forward_logits");
+      sample_memory();
+      std::copy(host_logits_.get(), host_logits_.get() + static_cast<std::size_t>(count) * vocabulary,
+                logits.begin() + static_cast<std::ptrdiff_t>(begin * vocabulary));
+      begin += size;
+    }
+  }
+
+ private:
+  // Runs `tokens` through the layers at the next positions (the cache then holds them, buffer hidden their final
+  // hidden states) and returns their count; asynchronous on the stream.
+  std::int64_t run_step(std::span<const TokenId> tokens) {
     const auto count = static_cast<std::int64_t>(tokens.size());
     require(count > 0, ErrorCode::invalid_argument, "forward: no tokens");
     const std::int64_t first = position();
@@ -277,20 +317,23 @@ class GpuBackendImpl final : public GpuBackend {
       }
       throw;
     }
-    const float* last = buffer<float>(a.hidden) + (count - 1) * config_.hidden;
-    rms_norm(last, weight<float>(layout_.output_norm), 1, config_.hidden, config_.rms_epsilon, buffer<f16>(a.normed),
-             stream);
-    blas_->project(weight<f16>(layout_.lm_head), config_.vocabulary, config_.hidden, buffer<f16>(a.normed), 1,
-                   buffer<float>(a.logits), 0.0f);
-    cuda::check(cudaMemcpyAsync(host_logits_.get(), buffer<float>(a.logits),
-                                static_cast<std::size_t>(config_.vocabulary) * 4, cudaMemcpyDeviceToHost, stream),
-                "GPU backend: download logits");
-    cuda::check(cudaStreamSynchronize(stream), "GPU backend: forward");
-    sample_memory();
-    return {host_logits_.get(), static_cast<std::size_t>(config_.vocabulary)};
+    return count;
   }
 
- private:
+  // Final RMSNorm and LM head of `rows` tokens of the step from row `first` (buffer hidden), fp32 logits down to
+  // host_logits_ [rows][vocabulary]; asynchronous on the stream.
+  void score(std::int64_t first, std::int64_t rows) {
+    const ActivationLayout& a = plan_.activations;
+    const cudaStream_t stream = stream_.get();
+    rms_norm(buffer<float>(a.hidden) + first * config_.hidden, weight<float>(layout_.output_norm), rows, config_.hidden,
+             config_.rms_epsilon, buffer<f16>(a.normed), stream);
+    blas_->project(weight<f16>(layout_.lm_head), config_.vocabulary, config_.hidden, buffer<f16>(a.normed), rows,
+                   buffer<float>(a.logits), 0.0f);
+    cuda::check(cudaMemcpyAsync(host_logits_.get(), buffer<float>(a.logits),
+                                static_cast<std::size_t>(rows) * config_.vocabulary * 4, cudaMemcpyDeviceToHost, stream),
+                "GPU backend: download logits");
+  }
+
   template <class T>
   T* buffer(std::int64_t offset) const {
     return reinterpret_cast<T*>(buffers_ + offset);

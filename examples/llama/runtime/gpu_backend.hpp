@@ -23,6 +23,8 @@ namespace kvq::llama {
 
 struct GpuOptions {
   int max_chunk_tokens = 256;        // the most tokens one forward() takes (the prefill chunk); sizes the buffers
+  bool score_every_token = false;    // forward_logits() scores whole steps (kvq_eval): logits for every token of a
+                                     // step (max_chunk_tokens x vocabulary fp32) instead of token-by-token decode
   std::int64_t memory_budget = 0;    // bytes; 0 = the device's free memory. Checked before anything is allocated.
   std::uint64_t synthetic_seed = 0;  // weights of make_synthetic_gpu_backend
 };

@@ -26,19 +26,23 @@ struct Carver {
 
 }  // namespace
 
-ActivationLayout activation_layout(const LlamaConfig& c, std::int64_t max_tokens, std::int64_t max_context) {
+ActivationLayout activation_layout(const LlamaConfig& c, std::int64_t max_tokens, std::int64_t max_context,
+                                   std::int64_t logit_rows) {
   require(max_tokens > 0 && max_context > 0, ErrorCode::invalid_argument,
           "GPU backend: the chunk size and the context must be positive");
+  require(logit_rows >= 1 && logit_rows <= max_tokens, ErrorCode::invalid_argument,
+          "GPU backend: logits for 1 to max_tokens tokens of a step");
   ActivationLayout a;
   a.max_tokens = max_tokens;
   a.max_context = max_context;
+  a.logit_rows = logit_rows;
   const std::int64_t t = max_tokens, d = c.head_dim, q = c.q_heads * d, kv = c.kv_heads * d;
   Carver carve;
   a.hidden = carve.take(t * c.hidden * 4);
   a.qkv = carve.take(t * (q + 2 * kv) * 4);
   a.query = carve.take(t * q * 4);
   a.gate_up = carve.take(t * 2 * std::int64_t{c.ffn} * 4);
-  a.logits = carve.take(std::int64_t{c.vocabulary} * 4);
+  a.logits = carve.take(logit_rows * c.vocabulary * 4);
   a.normed = carve.take(t * c.hidden * 2);
   a.keys = carve.take(t * kv * 2);
   a.values = carve.take(t * kv * 2);
@@ -90,11 +94,11 @@ std::string GpuMemoryPlan::table() const {
                    format_bytes(kv.pool_bytes), format_bytes(kv.sink_bytes), format_bytes(kv.window_bytes),
                    format_bytes(kv.bookkeeping_bytes), kv.pool_pages));
   line("activations", activations.step_bytes,
-       fmt::format("{} tokens per step; prefill attention reads the cache in tiles (no scratch)",
-                   activations.max_tokens));
+       fmt::format("{} tokens per step, logits for {}; prefill attention reads the cache in tiles (no scratch)",
+                   activations.max_tokens, activations.logit_rows == 1 ? "the last" : "every one"));
   line("decode workspace", decode_workspace, "split-KV partials (most splits a plan can take)");
   line("cuBLAS workspace", cublas_workspace, "cublasSetWorkspace");
-  line("CUDA context", cuda_context, "estimate (driver, context, cuBLAS handle)");
+  line("CUDA context", cuda_context, "context, cuBLAS handle, kernel images (kvq_plan's figure, measured on an H200)");
   line("total", total(), "");
   return out;
 }

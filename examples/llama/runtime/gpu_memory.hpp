@@ -17,11 +17,10 @@ namespace kvq::llama {
 struct ActivationLayout {
   std::int64_t max_tokens = 0;   // tokens one forward() takes
   std::int64_t max_context = 0;  // tokens the sequence can hold
+  std::int64_t logit_rows = 1;   // tokens of a step that get logits: 1 (generation) or max_tokens (scoring)
   // fp32: hidden [tokens][hidden] (residual stream), qkv [tokens][(q + 2 kv) * d], query [tokens][q][d],
-  //       gate_up [tokens][2 ffn], logits [vocabulary]
-  // fp16: normed [tokens][hidden], keys and values [tokens][kv][d], attention [tokens][q][d], mlp [tokens][ffn],
-  //       query_half [tokens][q][d] (prefill: the queries as the score product's operand),
-  //       context keys and values [context][kv][d], probabilities [query_block][q][context]
+  //       gate_up [tokens][2 ffn], logits [logit_rows][vocabulary]
+  // fp16: normed [tokens][hidden], keys and values [tokens][kv][d], attention [tokens][q][d], mlp [tokens][ffn]
   // int32: token ids [tokens], the sequence slot [1], the chunk's start and end [2] (prefill attention)
   std::int64_t hidden = 0, qkv = 0, query = 0, gate_up = 0, logits = 0;
   std::int64_t normed = 0, keys = 0, values = 0, attention = 0, mlp = 0;
@@ -32,8 +31,9 @@ struct ActivationLayout {
   [[nodiscard]] std::int64_t total_bytes() const { return step_bytes; }
 };
 
-// `max_tokens` per step, a sequence of `max_context` tokens.
-ActivationLayout activation_layout(const LlamaConfig& config, std::int64_t max_tokens, std::int64_t max_context);
+// `max_tokens` per step, a sequence of `max_context` tokens, logits for `logit_rows` tokens of a step.
+ActivationLayout activation_layout(const LlamaConfig& config, std::int64_t max_tokens, std::int64_t max_context,
+                                   std::int64_t logit_rows = 1);
 
 // The weights on the device, carved out of one allocation the same way: fp16 matrices, row-major [outputs][inputs]
 // (q, k and v rows stacked into one matrix, gate and up into another, so each is one product), fp32 RMSNorm weights.
@@ -64,8 +64,9 @@ struct GpuMemoryPlan {
   ActivationLayout activations;
   std::int64_t decode_workspace = 0;  // split-KV partials, sized for the most splits any plan can take
   std::int64_t cublas_workspace = 0;  // given to cuBLAS with cublasSetWorkspace, so it allocates none of its own
-  std::int64_t cuda_context = 0;      // an estimate (kvq::PlanAssumptions::cuda_context_bytes): driver, context,
-                                      // cuBLAS handle; the measured value is printed after the run
+  std::int64_t cuda_context = 0;      // kvq::PlanAssumptions::cuda_context_bytes: what the process holds beyond
+                                      // its allocations (context, cuBLAS handle, kernel images; measured on an
+                                      // H200); a run prints its own figure
   [[nodiscard]] std::int64_t allocated() const {  // what the backend itself allocates
     return weights + kv.total_bytes() + activations.total_bytes() + decode_workspace + cublas_workspace;
   }

@@ -212,6 +212,68 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE("tiny model: GPU forward_logits scores every token as its token-by-token decoding, flushes included") {
+    if (!have_device()) return;
+    const LlamaModel& model = tiny();
+    const auto vocabulary = static_cast<std::size_t>(model.config.vocabulary);
+    std::vector<TokenId> tokens(200);
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<TokenId>((i * 29 + 3) % 256);
+    GpuOptions stepwise;
+    stepwise.max_chunk_tokens = 64;
+    GpuOptions scoring = stepwise;
+    scoring.score_every_token = true;
+    const auto decode_all = [&](const std::string& preset) {
+      auto decode = make_gpu_backend(model, cache_options(preset, 256), stepwise);
+      std::vector<float> logits(tokens.size() * vocabulary);
+      for (std::size_t t = 0; t < tokens.size(); ++t) {
+        const auto row = decode->forward({&tokens[t], 1});
+        std::copy(row.begin(), row.end(), logits.begin() + static_cast<std::ptrdiff_t>(t * vocabulary));
+      }
+      return logits;
+    };
+    const auto rms = [](const std::vector<float>& a, const std::vector<float>& b) {
+      double squares = 0;
+      for (std::size_t i = 0; i < a.size(); ++i) squares += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+      return std::sqrt(squares / static_cast<double>(a.size()));
+    };
+    const std::vector<float> fp16 = decode_all("fp16");
+    // fp16, int8: per-token pages, nothing to cut; kivi-2 (fp16 window of 128 flushing 32 at a time) and nuq4
+    // (per-channel key groups of 128 behind a sink) quantize these 200 tokens and must be cut at their flushes.
+    for (const std::string preset : {"fp16", "int8", "kivi-2", "nuq4"}) {
+      CAPTURE(preset);
+      const std::vector<float> expected = preset == "fp16" ? fp16 : decode_all(preset);
+      auto scored = make_gpu_backend(model, cache_options(preset, 256), scoring);
+      std::vector<float> actual(tokens.size() * vocabulary);
+      for (std::size_t begin = 0; begin < tokens.size(); begin += 97) {  // calls cross the 64-token steps
+        const std::size_t size = std::min<std::size_t>(97, tokens.size() - begin);
+        scored->forward_logits(std::span(tokens).subspan(begin, size),
+                               std::span(actual).subspan(begin * vocabulary, size * vocabulary));
+      }
+      CHECK(scored->position() == static_cast<std::int64_t>(tokens.size()));
+      if (preset == "fp16" || preset == "int8") {
+        // Steps against single tokens on the same GPU: the rounding differences of the chunked-prefill test above,
+        // bounded the same way, token by token.
+        double worst = 0;
+        for (std::size_t t = 0; t < tokens.size(); ++t)
+          worst = std::max(worst, relative_l2(std::span(actual).subspan(t * vocabulary, vocabulary),
+                                              std::span(expected).subspan(t * vocabulary, vocabulary)));
+        MESSAGE(preset << ": scored steps vs token-by-token, worst relative L2 " << worst << " (tolerance "
+                       << tolerance(model, preset) << ")");
+        CHECK(worst <= tolerance(model, preset));
+      } else {
+        // 2- and 4-bit codes turn the rounding differences into code flips, rms sqrt(D step) for a perturbation D
+        // (header comment): with D ~ 2 u_rms |k| and a step ~ |k| 5 / (2^b - 1), about 0.04 |k| at 2 bits, against
+        // the quantization error itself, step / sqrt(12) ~ 0.48 |k|: a twelfth. A wrong cut (window tokens read
+        // quantized where decode reads them in fp16) is of the order of the quantization itself. Allowed: a quarter.
+        const double difference = rms(actual, expected), quantization = rms(expected, fp16);
+        MESSAGE(preset << ": RMS logit difference of scored steps from token-by-token " << difference
+                       << ", preset vs fp16 " << quantization);
+        CHECK(quantization > 0);
+        CHECK(difference < 0.25 * quantization);
+      }
+    }
+  }
+
   TEST_CASE("the GPU backend refuses a chunk larger than it was sized for and stays usable") {
     if (!have_device()) return;
     GpuOptions options;

@@ -69,6 +69,26 @@ TEST_SUITE("gpu_plan") {
       CHECK(plan.kv_format == std::string(preset) + " x32");
       CHECK(plan.activations.max_tokens == 1024);
       CHECK(plan.activations.max_context == 32768);
+      // kvq_plan models this backend's buffers (memory_plan.hpp): a prefill chunk of 1024 tokens scoring its last
+      // token is the backend's step buffers but for the 256-byte rounding of each of its 13 buffers and the token
+      // ids; the cuBLAS workspace is the planner's library workspace.
+      kvq::PlanRequest chunked = request;
+      chunked.assumptions.prefill_chunk_tokens = 1024;
+      const kvq::MemoryPlan with_chunk = kvq::plan_memory(chunked);
+      const std::int64_t unplanned = plan.activations.step_bytes - with_chunk.prefill.total();
+      CHECK(unplanned >= 1024 * 4);
+      CHECK(unplanned <= 1024 * 4 + 16 + 13 * 255);
+      CHECK(plan.cublas_workspace == with_chunk.library_workspace);
+      CHECK(plan.cuda_context == with_chunk.cuda_context);
+      // Scoring every token (kvq_eval --backend gpu): logits for the whole chunk, as kvq_plan --logits every.
+      GpuOptions scoring = gpu;
+      scoring.score_every_token = true;
+      const GpuMemoryPlan scored = plan_gpu_memory(config, kv, scoring);
+      CHECK(scored.activations.logit_rows == 1024);
+      chunked.assumptions.prefill_logits = kvq::PrefillLogits::every_token;
+      const std::int64_t unplanned_scoring = scored.activations.step_bytes - kvq::plan_memory(chunked).prefill.total();
+      CHECK(unplanned_scoring >= 1024 * 4);
+      CHECK(unplanned_scoring <= 1024 * 4 + 16 + 13 * 255);
       CHECK(plan.total() == plan.allocated() + plan.cuda_context);
     }
   }

@@ -15,6 +15,7 @@
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
 #include "runtime/kv_calibration.hpp"
+#include "backend_logits.hpp"
 #include "tiny_model.hpp"
 
 using namespace kvq::llama;
@@ -64,24 +65,13 @@ TEST_CASE("forward_logits over a long chunk gives the logits of token-by-token d
   // kivi-2: fp16 window of 128 flushing 32 at a time; nuq2/nuq4: per-channel key groups of 128 behind one sink;
   // int8 and rot3: per-token, nothing to cut.
   const auto decode_all = [&](const std::string& preset) {
-    auto decode = make_cpu_backend(model, cache(preset));
-    std::vector<float> logits(tokens.size() * vocabulary);
-    for (std::size_t t = 0; t < tokens.size(); ++t) {
-      const auto row = decode->forward({&tokens[t], 1});
-      std::copy(row.begin(), row.end(), logits.begin() + static_cast<std::ptrdiff_t>(t * vocabulary));
-    }
-    return logits;
-  };
-  const auto rms = [](const std::vector<float>& a, const std::vector<float>& b) {
-    double squares = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) squares += (a[i] - b[i]) * (a[i] - b[i]);
-    return std::sqrt(squares / static_cast<double>(a.size()));
+    return decode_logits(*make_cpu_backend(model, cache(preset)), tokens, vocabulary);
   };
   const std::vector<float> fp16 = decode_all("fp16");
   for (const std::string preset : {"kivi-2", "kivi-4", "nuq4", "nuq2", "int8", "rot3"}) {
     CAPTURE(preset);
     const std::vector<float> expected = decode_all(preset);
-    const double quantization = rms(expected, fp16);  // what the preset itself changes
+    const double quantization = rms_difference(expected, fp16);  // what the preset itself changes
     for (const std::size_t chunk : {std::size_t{300}, std::size_t{97}}) {
       CAPTURE(chunk);
       auto chunked = make_cpu_backend(model, cache(preset));
@@ -96,7 +86,7 @@ TEST_CASE("forward_logits over a long chunk gives the logits of token-by-token d
       // then one lands on the other side of a rounding boundary of a code; that code's step then moves everything
       // after it a little. What remains is small against what the preset itself does to the logits; reading
       // window tokens quantized where decode reads them in fp16 (a wrong cut) would be of the same order as that.
-      const double difference = rms(actual, expected);
+      const double difference = rms_difference(actual, expected);
       MESSAGE(preset, " chunk ", chunk, ": RMS logit difference from decode ", difference, ", preset vs fp16 ",
               quantization);
       CHECK(difference < 0.02 * quantization);

@@ -35,6 +35,7 @@
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
 #include "runtime/gpu_backend.hpp"
+#include "backend_logits.hpp"
 #include "tiny_model.hpp"
 
 using namespace kvq::llama;
@@ -223,18 +224,7 @@ TEST_SUITE("gpu") {
     GpuOptions scoring = stepwise;
     scoring.score_every_token = true;
     const auto decode_all = [&](const std::string& preset) {
-      auto decode = make_gpu_backend(model, cache_options(preset, 256), stepwise);
-      std::vector<float> logits(tokens.size() * vocabulary);
-      for (std::size_t t = 0; t < tokens.size(); ++t) {
-        const auto row = decode->forward({&tokens[t], 1});
-        std::copy(row.begin(), row.end(), logits.begin() + static_cast<std::ptrdiff_t>(t * vocabulary));
-      }
-      return logits;
-    };
-    const auto rms = [](const std::vector<float>& a, const std::vector<float>& b) {
-      double squares = 0;
-      for (std::size_t i = 0; i < a.size(); ++i) squares += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-      return std::sqrt(squares / static_cast<double>(a.size()));
+      return decode_logits(*make_gpu_backend(model, cache_options(preset, 256), stepwise), tokens, vocabulary);
     };
     const std::vector<float> fp16 = decode_all("fp16");
     // fp16, int8: per-token pages, nothing to cut; kivi-2 (fp16 window of 128 flushing 32 at a time) and nuq4
@@ -265,7 +255,7 @@ TEST_SUITE("gpu") {
         // (header comment): with D ~ 2 u_rms |k| and a step ~ |k| 5 / (2^b - 1), about 0.04 |k| at 2 bits, against
         // the quantization error itself, step / sqrt(12) ~ 0.48 |k|: a twelfth. A wrong cut (window tokens read
         // quantized where decode reads them in fp16) is of the order of the quantization itself. Allowed: a quarter.
-        const double difference = rms(actual, expected), quantization = rms(expected, fp16);
+        const double difference = rms_difference(actual, expected), quantization = rms_difference(expected, fp16);
         MESSAGE(preset << ": RMS logit difference of scored steps from token-by-token " << difference
                        << ", preset vs fp16 " << quantization);
         CHECK(quantization > 0);

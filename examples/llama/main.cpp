@@ -9,7 +9,6 @@
 // docs/llama-example.md describes the flags, what the numbers mean and the limits.
 #include <fmt/core.h>
 
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -21,6 +20,7 @@
 #include <vector>
 
 #include "kvq/core/error.hpp"
+#include "cli_number.hpp"
 #include "kvq/planner/model_presets.hpp"
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
@@ -87,15 +87,6 @@ struct Options {
   bool chat = false;
   std::optional<std::string> system;
 };
-
-template <class T>
-T parse_number(std::string_view flag, std::string_view text) {
-  T value{};
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  require(error == std::errc() && end == text.data() + text.size(), ErrorCode::invalid_argument,
-          fmt::format("{}: \"{}\" is not a number", flag, text));
-  return value;
-}
 
 std::string read_text(const std::string& path) {
   std::ifstream stream(path, std::ios::binary);

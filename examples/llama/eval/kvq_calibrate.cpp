@@ -8,7 +8,6 @@
 // (codebook_kmeans.hpp) fits 2^bits centroids per layer for keys and for values. docs/quality.md says more.
 #include <fmt/core.h>
 
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -21,6 +20,7 @@
 #include "eval/text_windows.hpp"
 #include "kvq/cache/presets.hpp"
 #include "kvq/core/error.hpp"
+#include "cli_number.hpp"
 #include "kvq/quant/gaussian_codebook.hpp"
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
@@ -51,15 +51,6 @@ struct Options {
   std::vector<int> bits{2, 3, 4};
 };
 
-template <class T>
-T number(std::string_view flag, std::string_view text) {
-  T value{};
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  require(error == std::errc() && end == text.data() + text.size(), ErrorCode::invalid_argument,
-          fmt::format("{}: \"{}\" is not a number", flag, text));
-  return value;
-}
-
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -74,15 +65,15 @@ Options parse(int argc, char** argv) {
     else if (flag == "--text") o.text = value;
     else if (flag == "--out") o.out = value;
     else if (flag == "--weighting") o.weighting = value;
-    else if (flag == "--begin") o.begin = number<double>(flag, value);
-    else if (flag == "--tokens") o.tokens = number<std::int64_t>(flag, value);
-    else if (flag == "--sequence") o.sequence = number<std::int64_t>(flag, value);
-    else if (flag == "--chunk") o.chunk = number<std::int64_t>(flag, value);
+    else if (flag == "--begin") o.begin = parse_number<double>(flag, value);
+    else if (flag == "--tokens") o.tokens = parse_number<std::int64_t>(flag, value);
+    else if (flag == "--sequence") o.sequence = parse_number<std::int64_t>(flag, value);
+    else if (flag == "--chunk") o.chunk = parse_number<std::int64_t>(flag, value);
     else if (flag == "--bits") {
       o.bits.clear();
       for (std::size_t start = 0; start <= value.size();) {
         const std::size_t comma = std::min(value.find(',', start), value.size());
-        o.bits.push_back(number<int>(flag, value.substr(start, comma - start)));
+        o.bits.push_back(parse_number<int>(flag, value.substr(start, comma - start)));
         start = comma + 1;
       }
     } else

@@ -10,7 +10,6 @@
 #include <fmt/core.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <chrono>
 #include <cstdio>
@@ -27,6 +26,7 @@
 #include "eval/token_metrics.hpp"
 #include "kvq/cache/presets.hpp"
 #include "kvq/core/error.hpp"
+#include "cli_number.hpp"
 #include "kvq/planner/memory_plan.hpp"
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
@@ -102,15 +102,6 @@ std::vector<std::string> split(std::string_view list) {
   return items;
 }
 
-template <class T>
-T number(std::string_view flag, std::string_view text) {
-  T value{};
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  require(error == std::errc() && end == text.data() + text.size(), ErrorCode::invalid_argument,
-          fmt::format("{}: \"{}\" is not a number", flag, text));
-  return value;
-}
-
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -128,11 +119,11 @@ Options parse(int argc, char** argv) {
     else if (flag == "--label") o.label = value;
     else if (flag == "--presets") o.presets = split(value);
     else if (flag == "--calibration") o.calibration = value;
-    else if (flag == "--window") o.window = number<std::int64_t>(flag, value);
-    else if (flag == "--stride") o.stride = number<std::int64_t>(flag, value);
-    else if (flag == "--windows") o.windows = number<std::int64_t>(flag, value);
-    else if (flag == "--from") o.from = number<double>(flag, value);
-    else if (flag == "--chunk") o.chunk = number<std::int64_t>(flag, value);
+    else if (flag == "--window") o.window = parse_number<std::int64_t>(flag, value);
+    else if (flag == "--stride") o.stride = parse_number<std::int64_t>(flag, value);
+    else if (flag == "--windows") o.windows = parse_number<std::int64_t>(flag, value);
+    else if (flag == "--from") o.from = parse_number<double>(flag, value);
+    else if (flag == "--chunk") o.chunk = parse_number<std::int64_t>(flag, value);
     else if (flag == "--backend") o.backend = value;
     else if (flag == "--out") o.out = value;
     else if (flag == "--merge") o.merge = split(value);
@@ -140,14 +131,14 @@ Options parse(int argc, char** argv) {
       const std::vector<std::string> parts = split(value);
       require(parts.size() == 3, ErrorCode::invalid_argument,
               fmt::format("--check takes PRESET,MAX_PPL_CHANGE_PERCENT,MAX_MEAN_KLD, got \"{}\"", value));
-      o.checks.push_back({parts[0], number<double>(flag, parts[1]), number<double>(flag, parts[2])});
+      o.checks.push_back({parts[0], parse_number<double>(flag, parts[1]), parse_number<double>(flag, parts[2])});
     }
-    else if (flag == "--context") o.context = number<std::int64_t>(flag, value);
-    else if (flag == "--trials") o.trials = number<int>(flag, value);
-    else if (flag == "--seed") o.seed = number<std::uint64_t>(flag, value);
+    else if (flag == "--context") o.context = parse_number<std::int64_t>(flag, value);
+    else if (flag == "--trials") o.trials = parse_number<int>(flag, value);
+    else if (flag == "--seed") o.seed = parse_number<std::uint64_t>(flag, value);
     else if (flag == "--depths") {
       o.depths.clear();
-      for (const std::string& d : split(value)) o.depths.push_back(number<double>(flag, d));
+      for (const std::string& d : split(value)) o.depths.push_back(parse_number<double>(flag, d));
     } else
       throw kvq::Error(ErrorCode::invalid_argument, fmt::format("unknown flag {} (see --help)", flag));
   }
@@ -185,7 +176,7 @@ PresetSpec parse_spec(const std::string& text) {
       spec.promote = part.substr(8);
       static_cast<void>(parse_promotion_scheme(spec.promote));
     } else if (part.rfind("window:", 0) == 0) {
-      spec.window = number<int>("+window", part.substr(7));
+      spec.window = parse_number<int>("+window", part.substr(7));
       require(spec.window >= 0, ErrorCode::invalid_argument, fmt::format("preset \"{}\": a negative window", text));
     } else {
       require(spec.evict.empty(), ErrorCode::invalid_argument, fmt::format("preset \"{}\": one eviction scheme at most", text));

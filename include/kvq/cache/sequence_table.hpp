@@ -112,11 +112,15 @@ class SequenceTable {
     return plan;
   }
 
-  // Shortens a sequence. Returns the quantized tokens that move back into the window: [new_quantized, old_quantized)
-  // is dropped from the pages, and the part of it below the new length must be restored into the window.
-  struct Truncation {
+  // What truncate() and compact() did to a sequence: its length and quantized count before and after.
+  struct Shortening {
     std::int64_t old_length, new_length, old_quantized, new_quantized;
   };
+  using Truncation = Shortening;
+  using Compaction = Shortening;
+
+  // Shortens a sequence. Returns the quantized tokens that move back into the window: [new_quantized, old_quantized)
+  // is dropped from the pages, and the part of it below the new length must be restored into the window.
   Truncation truncate(int index, std::int64_t new_length) {
     check_index(index);
     Sequence& s = sequences_[static_cast<std::size_t>(index)];
@@ -138,9 +142,6 @@ class SequenceTable {
   // window_tokens .. window_tokens + flush_tokens - 1 tokens in the window). Pages past the new quantized count go
   // back to the pool; pages it needs beyond those the sequence holds (possible only after a truncate left the
   // window short) come from the pool, checked before anything changes.
-  struct Compaction {
-    std::int64_t old_length, new_length, old_quantized, new_quantized;
-  };
   Compaction compact(int index, std::int64_t new_length) {
     check_index(index);
     Sequence& s = sequences_[static_cast<std::size_t>(index)];

@@ -49,7 +49,7 @@ options:
   --logits WHICH        prefill tokens given logits: last (generation, default) | every (scoring a text, kvq_eval)
   --page-tokens N       cache page size in tokens (default 256)
   --sm-count N          SMs for the decode split-KV workspace (default 132, an H100 SXM)
-  --cuda-context SIZE   device memory a process holds beyond its allocations (default 600MiB; no unit = MiB)
+  --cuda-context SIZE   device memory a process holds beyond its allocations (default 630MiB; no unit = MiB)
   --keep N              eviction budget: the cache keeps at most N tokens per sequence (kvq_llama --evict)
   --kv-bits B           a KV budget in bits per element of the whole context: the largest --keep that fits it
   --promote F           int8 copies of the fraction F of quantized tokens (kvq_llama --promote; fp16 window >= 32)

@@ -37,9 +37,10 @@
 //               window widened to `promotion_window_tokens` (the observation period) if the preset's is shorter
 //   CUDA context  a stated constant (`cuda_context_bytes`): what a process holds on the device beyond its own
 //               allocations (driver, context, cuBLAS handle, kernel images, allocation rounding). The default,
-//               600 MiB, is what the reference example held on an H200 (CUDA 13.0, driver 580) beyond its
-//               allocations in 256-token runs: 0.59 GiB (Llama-3.2-1B), 0.61 GiB (Llama-3-8B), of which 527 MiB
-//               before its first allocation. Other GPUs and drivers differ; measure yours (kvq_llama prints it).
+//               630 MiB, is the larger of what the reference example held on an H200 (CUDA 13.0, driver 580)
+//               beyond its allocations in 256-token runs, rounded up: 0.59 GiB (Llama-3.2-1B), 0.61 GiB
+//               (Llama-3-8B), of which 527 MiB before its first allocation. Rounded up, so that a plan that says
+//               "fits" errs on the safe side. Other GPUs and drivers differ; measure yours (kvq_llama prints it).
 //
 // The naive estimate is the founding notes' formula, kept beside the plan so that the GQA correction is visible:
 // weights + 2 * layers * QUERY heads * head_dim * bits/8 * tokens, nothing else. Llama-3 stores only its 8 KV
@@ -99,7 +100,7 @@ struct PlanAssumptions {
   int page_tokens = 256;                          // the cache's page size; a multiple of the preset's flush unit
   int weight_group_size = 128;                    // int8/int4 weights: input features per fp16 scale
   int sm_count = 132;                             // H100 SXM; sizes the decode split-KV workspace
-  std::int64_t cuda_context_bytes = 600 * mebibyte;
+  std::int64_t cuda_context_bytes = 630 * mebibyte;
 };
 
 struct PlanRequest {

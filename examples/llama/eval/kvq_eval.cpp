@@ -203,9 +203,12 @@ std::unique_ptr<Backend> make_backend(const std::string& backend, const LlamaMod
   if (backend == "cpu") return make_cpu_backend(model, kv);
 #ifdef KVQ_LLAMA_HAS_GPU
   if (backend == "gpu") {
-    require(chunk <= 65536, ErrorCode::invalid_argument, "--chunk: at most 65536 tokens a step on the GPU backend");
+    // The step's logits are chunk x vocabulary floats on the device and in pinned host memory: 0.5 GiB at 1024
+    // tokens of a 128K vocabulary. Each preset's backend holds its own copy of the weights (fine for SmolLM2's 0.27
+    // GB; run large models' presets one by one).
+    require(chunk <= 4096, ErrorCode::invalid_argument, "--chunk: at most 4096 tokens a step on the GPU backend");
     GpuOptions gpu;
-    gpu.max_chunk_tokens = static_cast<int>(chunk);
+    gpu.max_chunk_tokens = static_cast<int>(std::min(chunk, kv.max_tokens));
     gpu.score_every_token = true;
     return make_gpu_backend(model, kv, gpu);
   }

@@ -339,6 +339,8 @@ void decode_attention_async(const CacheLayerView& view, const TierParams<Tier>& 
           ErrorCode::invalid_argument, "decode attention: softmax_scale and soft_cap must be finite and >= 0");
   require(!importance.enabled() || plan.importance, ErrorCode::invalid_argument,
           "decode attention: importance bookkeeping needs a plan made with DecodeTuning::importance");
+  require(!plan.importance || (plan.logit_stride % 4 == 0 && plan.logit_offset % 16 == 0), ErrorCode::invalid_argument,
+          "decode attention: the plan's logit rows are not 16-byte aligned (the plan was not made by plan_decode)");
   if (importance.enabled())
     kvq::detail::check_importance_view(importance, view.max_sequences, view.kv_heads, plan.max_length);
   if (s.batch == 0) return;

@@ -93,10 +93,12 @@ struct DecodeBlockRange {
 // (workspace alignment, logit_stride % 4 == 0), so a thread reads a quad of tokens as one float4 per head, and
 // `unroll` quads are loaded before any is added: the adds could alias the logits as far as the compiler knows, so
 // without this each quad's loads would wait for the previous quad's atomics (one L2 round trip per 4 tokens).
+// 16 quad-heads in flight per thread (64 floats), whatever the group width, so that wide groups do not raise the
+// kernel's register count.
 template <int GroupWidth, int Threads, class Args>
 __device__ __forceinline__ void add_importance(const Args& a, const float (&lse)[GroupWidth], int b, int first_head,
                                                int heads_here, const DecodeBlockRange& range) {
-  constexpr int unroll = 4;
+  constexpr int unroll = GroupWidth >= 16 ? 1 : 16 / GroupWidth;
   if (range.begin >= range.end) return;
   float* const row = a.importance.scores + range.sequence * a.importance.sequence_stride +
                      range.kv_head * a.importance.head_stride;

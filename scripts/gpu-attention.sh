@@ -14,7 +14,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/gpu-env.sh
 filter=${KVQ_BENCH_FILTER:-'(fp16|int8_g128|int4_g64|int2_g64)/batch:(1|8)/context:(4096|32768|131072|524288)/'}
 tests=./build/gpu/tests/kvq_device_tests
-step() { echo "== $* ($(date -u +%H:%M:%S))"; }
 
 for s in ${KVQ_STEPS:-build quick bench tests}; do
   case $s in

@@ -15,12 +15,10 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/gpu-env.sh
-[[ -n "${KVQ_DEPS_PREFIX:-}" ]] && export LD_LIBRARY_PATH="$prefix/lib/x86_64-linux-gnu/openblas-pthread:$LD_LIBRARY_PATH"
 bin=./build/gpu/examples/llama
 smollm2=${KVQ_SMOLLM2_GGUF:-$HOME/.cache/kvq/SmolLM2-135M-Instruct.Q4_1.gguf}
 text=${KVQ_TEXT:-../shared/data/wikitext-2-raw-test.txt}
 presets=${KVQ_PRESETS:-"int8 fp8-e4m3 q4_0 kivi-4 kivi-2 nuq4 nuq3 nuq2 rot4 rot3"}
-step() { echo "== $* ($(date -u +%H:%M:%S))"; }
 
 for s in ${KVQ_STEPS:-build tests eval}; do
   case $s in

@@ -17,10 +17,8 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/gpu-env.sh
-[[ -n "${KVQ_DEPS_PREFIX:-}" ]] && export LD_LIBRARY_PATH="$prefix/lib/x86_64-linux-gnu/openblas-pthread:$LD_LIBRARY_PATH"
 bin=./build/gpu/examples/llama
 smollm2=${KVQ_SMOLLM2_GGUF:-$HOME/.cache/kvq/SmolLM2-135M-Instruct.Q4_1.gguf}
-step() { echo "== $* ($(date -u +%H:%M:%S))"; }
 
 step "GPU"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 if [[ -n "${KVQ_PREBUILT:-}" ]] && LD_LIBRARY_PATH="$KVQ_PREBUILT:$LD_LIBRARY_PATH" "$KVQ_PREBUILT/kvq_llama" --help >/dev/null &&

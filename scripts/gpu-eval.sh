@@ -8,8 +8,8 @@
 #   KVQ_SMOLLM2_GGUF=PATH       SmolLM2-135M-Instruct.Q4_1.gguf (default ~/.cache/kvq/...); without it only the
 #                               tiny-model tests run
 #   KVQ_TEXT=PATH               the text to score (default ../shared/data/wikitext-2-raw-test.txt); KVQ_LABEL its name
-#   KVQ_PRESETS="int8 q4_0 ..." presets (default: every calibration-free preset of docs/quality.md's tables; the GPU
-#                               backend refuses calibrated codebooks, "nuq3:cal" etc., so far)
+#   KVQ_PRESETS="int8 q4_0 ..." presets (default: every preset of docs/quality.md's tables, calibrated ones included)
+#   KVQ_CALIBRATION=PATH        codebooks of the ":cal" presets (default: the committed SmolLM2 calibration from Moby-Dick)
 #   KVQ_WINDOW=512 KVQ_STRIDE=256 KVQ_WINDOWS=0 KVQ_CHUNK=256   kvq_eval's windows (0 = every window) and step size
 #   KVQ_STEPS="build tests eval"  which steps to run, in this order
 set -uo pipefail
@@ -18,7 +18,8 @@ source scripts/gpu-env.sh
 bin=./build/gpu/examples/llama
 smollm2=${KVQ_SMOLLM2_GGUF:-$HOME/.cache/kvq/SmolLM2-135M-Instruct.Q4_1.gguf}
 text=${KVQ_TEXT:-../shared/data/wikitext-2-raw-test.txt}
-presets=${KVQ_PRESETS:-"int8 fp8-e4m3 q4_0 kivi-4 kivi-2 nuq4 nuq3 nuq2 rot4 rot3"}
+presets=${KVQ_PRESETS:-"int8 fp8-e4m3 q4_0 kivi-4 kivi-2 nuq4 nuq3 nuq2 rot4 rot3 nuq4:cal nuq3:cal nuq2:cal"}
+calibration=${KVQ_CALIBRATION:-examples/llama/calibration/smollm2-135m-moby-dick.kvqcal}
 
 for s in ${KVQ_STEPS:-build tests eval}; do
   case $s in
@@ -46,7 +47,7 @@ for s in ${KVQ_STEPS:-build tests eval}; do
       [[ -f "$text" ]] || { step "no text at $text: no evaluation"; status=1; continue; }
       step "kvq_eval --backend gpu on $text: $presets"
       "$bin/kvq_eval" --backend gpu --model "$smollm2" --text "$text" --label "${KVQ_LABEL:-$(basename "$text")}" \
-        --presets "${presets// /,}" \
+        --presets "${presets// /,}" --calibration "$calibration" \
         --window "${KVQ_WINDOW:-512}" --stride "${KVQ_STRIDE:-256}" --windows "${KVQ_WINDOWS:-0}" \
         --chunk "${KVQ_CHUNK:-256}" --no-plot --out "$out/eval" >"$out/eval.txt" 2>&1 || status=1
       tail -25 "$out/eval.txt" ;;

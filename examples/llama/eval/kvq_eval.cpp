@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "eval/eval_report.hpp"
@@ -251,11 +252,12 @@ std::vector<Run> make_runs(const Options& o, const LlamaModel& model, std::int64
   return runs;
 }
 
-// Runs `tokens` through `backend` from an empty cache in chunks; calls on_row(position, logits) for each position
-// in [score_begin, tokens.size()).
-template <class OnRow>
+// Runs `tokens` through `backend` from an empty cache in chunks; after each chunk calls
+// on_rows(first, count, logits): positions [first, first + count) of [score_begin, tokens.size()), row i of
+// `logits` (vocabulary floats each) for position first + i.
+template <class OnRows>
 void run_sequence(Backend& backend, std::span<const TokenId> tokens, std::int64_t chunk, std::int64_t score_begin,
-                  std::vector<float>& buffer, int vocabulary, OnRow&& on_row) {
+                  std::vector<float>& buffer, int vocabulary, OnRows&& on_rows) {
   backend.reset();
   backend.set_prompt_length(score_begin);  // the scored tokens all see a compressed prompt (--evict snapkv)
   const auto count = static_cast<std::int64_t>(tokens.size());
@@ -263,9 +265,27 @@ void run_sequence(Backend& backend, std::span<const TokenId> tokens, std::int64_
     const std::int64_t size = std::min(chunk, count - begin);
     buffer.resize(static_cast<std::size_t>(size * vocabulary));
     backend.forward_logits(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(size)), buffer);
-    for (std::int64_t i = std::max<std::int64_t>(0, score_begin - begin); i < size; ++i)
-      on_row(begin + i, std::span<const float>(buffer.data() + i * vocabulary, static_cast<std::size_t>(vocabulary)));
+    const std::int64_t first = std::max<std::int64_t>(0, score_begin - begin);
+    if (first < size) on_rows(begin + first, size - first, buffer.data() + first * vocabulary);
   }
+}
+
+// Calls fn(i, worker) for i in [0, count) on up to `workers` threads (worker < workers: the caller's scratch
+// index). The per-token metrics are a double-precision pass over the vocabulary for every scored token of every
+// preset; on one thread they take longer than the GPU backend's forward passes.
+template <class Fn>
+void parallel_rows(std::int64_t count, int workers, Fn&& fn) {
+  const int used = static_cast<int>(std::min<std::int64_t>(workers, count));
+  if (used <= 1) {
+    for (std::int64_t i = 0; i < count; ++i) fn(i, 0);
+    return;
+  }
+  std::vector<std::jthread> threads;
+  threads.reserve(static_cast<std::size_t>(used));
+  for (int t = 0; t < used; ++t)
+    threads.emplace_back([&, t] {
+      for (std::int64_t i = t; i < count; i += used) fn(i, t);
+    });
 }
 
 std::string chunk_description(std::int64_t chunk) {
@@ -330,9 +350,12 @@ int run_perplexity(const Options& o, const LlamaModel& model) {
 
   const auto vocabulary = static_cast<std::size_t>(c.vocabulary);
   const std::int64_t score_begin = o.window - o.stride - 1;  // logits at position p predict token p + 1
-  std::vector<double> reference(static_cast<std::size_t>(o.stride) * vocabulary), row(vocabulary);
+  std::vector<double> reference(static_cast<std::size_t>(o.stride) * vocabulary);
   std::vector<int> reference_top(static_cast<std::size_t>(o.stride));
   std::vector<float> buffer;
+  const int workers = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 64u));
+  std::vector<std::vector<double>> rows(static_cast<std::size_t>(workers), std::vector<double>(vocabulary));
+  std::vector<TokenScore> scores;
   const auto start = Clock::now();
   for (std::size_t w = 0; w < plan.starts.size(); ++w) {
     // The model sees tokens [start, start + window - 1): the last token of a window is only ever a target.
@@ -341,14 +364,21 @@ int run_perplexity(const Options& o, const LlamaModel& model) {
     for (Run& run : runs) {
       const auto run_start = Clock::now();
       const bool is_reference = &run == &runs.front();
-      run_sequence(*run.backend, input, o.chunk, score_begin, buffer, c.vocabulary, [&](std::int64_t p, std::span<const float> logits) {
-        const auto k = static_cast<std::size_t>(p - score_begin);
-        const std::span<double> out = is_reference ? std::span<double>(reference.data() + k * vocabulary, vocabulary)
-                                                   : std::span<double>(row);
-        log_softmax(logits, out);
-        if (is_reference) reference_top[k] = argmax(out);
-        run.metrics.add(out, {reference.data() + k * vocabulary, vocabulary}, reference_top[k],
-                        window[static_cast<std::size_t>(p + 1)]);
+      run_sequence(*run.backend, input, o.chunk, score_begin, buffer, c.vocabulary,
+                   [&](std::int64_t first, std::int64_t count, const float* logits) {
+        // Scores in parallel, added in position order (the totals do not depend on the thread count).
+        scores.resize(static_cast<std::size_t>(count));
+        parallel_rows(count, workers, [&](std::int64_t i, int worker) {
+          const std::int64_t p = first + i;
+          const auto k = static_cast<std::size_t>(p - score_begin);
+          const std::span<double> out = is_reference ? std::span<double>(reference.data() + k * vocabulary, vocabulary)
+                                                     : std::span<double>(rows[static_cast<std::size_t>(worker)]);
+          log_softmax({logits + i * c.vocabulary, vocabulary}, out);
+          if (is_reference) reference_top[k] = argmax(out);
+          scores[static_cast<std::size_t>(i)] = score_token(out, {reference.data() + k * vocabulary, vocabulary},
+                                                            reference_top[k], window[static_cast<std::size_t>(p + 1)]);
+        });
+        for (const TokenScore& score : scores) run.metrics.add(score);
       });
       run.seconds += std::chrono::duration<double>(Clock::now() - run_start).count();
     }
@@ -419,9 +449,11 @@ int run_passkey(const Options& o, const LlamaModel& model) {
       for (std::size_t r = 0; r < runs.size(); ++r) {
         bool correct = true;
         run_sequence(*runs[r].backend, input, o.chunk, prompt.answer_begin - 1, buffer, c.vocabulary,
-                     [&](std::int64_t p, std::span<const float> logits) {
-                       log_softmax(logits, row);
-                       correct = correct && argmax(row) == tokens[static_cast<std::size_t>(p + 1)];
+                     [&](std::int64_t first, std::int64_t count, const float* logits) {
+                       for (std::int64_t i = 0; i < count; ++i) {
+                         log_softmax({logits + i * c.vocabulary, row.size()}, row);
+                         correct = correct && argmax(row) == tokens[static_cast<std::size_t>(first + i + 1)];
+                       }
                      });
         report.rows[r].correct[d] += correct ? 1 : 0;
         fmt::print(stderr, "{} {}  ", runs[r].spec.label, correct ? "yes" : "no");

@@ -24,11 +24,16 @@ double kl_divergence(std::span<const double> reference, std::span<const double> 
   return std::max(total, 0.0);  // rounding can leave -1e-17 for identical rows
 }
 
-void TokenMetrics::add(std::span<const double> log_probs, std::span<const double> reference, int reference_top,
+TokenScore score_token(std::span<const double> log_probs, std::span<const double> reference, int reference_top,
                        TokenId target) {
-  nll_ -= log_probs[static_cast<std::size_t>(target)];
-  kld_.push_back(kl_divergence(reference, log_probs));
-  top1_ += argmax(log_probs) == reference_top ? 1 : 0;
+  return {-log_probs[static_cast<std::size_t>(target)], kl_divergence(reference, log_probs),
+          argmax(log_probs) == reference_top};
+}
+
+void TokenMetrics::add(const TokenScore& score) {
+  nll_ += score.nll;
+  kld_.push_back(score.kld);
+  top1_ += score.top1 ? 1 : 0;
 }
 
 double TokenMetrics::perplexity() const { return std::exp(mean_nll()); }

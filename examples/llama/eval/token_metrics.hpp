@@ -20,11 +20,24 @@ int argmax(std::span<const double> values);
 // sum_j exp(reference_j) * (reference_j - other_j) for two log-softmax rows.
 double kl_divergence(std::span<const double> reference, std::span<const double> other);
 
+// One scored token: the true next token's negative log likelihood, KL(P_fp16 || P_preset), top-1 agreement.
+struct TokenScore {
+  double nll = 0;
+  double kld = 0;
+  bool top1 = false;
+};
+
+// `log_probs` of this run and `reference` of the fp16 run (log-softmax rows), `reference_top` its argmax.
+TokenScore score_token(std::span<const double> log_probs, std::span<const double> reference, int reference_top,
+                       TokenId target);
+
 // Running totals of one preset over the tokens scored so far.
 class TokenMetrics {
  public:
-  // `log_probs` of this run and `reference` of the fp16 run (log-softmax rows), `reference_top` its argmax.
-  void add(std::span<const double> log_probs, std::span<const double> reference, int reference_top, TokenId target);
+  void add(const TokenScore& score);
+  void add(std::span<const double> log_probs, std::span<const double> reference, int reference_top, TokenId target) {
+    add(score_token(log_probs, reference, reference_top, target));
+  }
 
   [[nodiscard]] std::int64_t tokens() const { return static_cast<std::int64_t>(kld_.size()); }
   [[nodiscard]] double mean_nll() const { return tokens() ? nll_ / static_cast<double>(tokens()) : 0.0; }

@@ -13,6 +13,7 @@
 #include "kvq/cache/promoted_tokens.hpp"
 #include "kvq/host/decode_attention.hpp"
 #include "kvq/host/promoted_attention.hpp"
+#include "runtime/calibrated_params.hpp"
 #include "runtime/cpu_math.hpp"
 #include "runtime/exact_step.hpp"
 #include "runtime/kv_importance.hpp"
@@ -21,30 +22,6 @@
 
 namespace kvq::llama {
 namespace {
-
-// A codebook preset's parameters with layer `layer`'s calibrated centroids (pointers into `calibration`); a preset
-// without codebooks cannot take a calibration (kvq::Error rather than silently running the defaults).
-template <KVPreset Preset>
-TierParams<typename Preset::Tier> calibrated_params(TierParams<typename Preset::Tier> params,
-                                                    const KvCalibration& calibration, int layer,
-                                                    const LlamaConfig& config) {
-  if constexpr (requires { params.key.inner.centroids; params.value.inner.centroids; }) {
-    using Key = typename Preset::Tier::KeyPolicy::InnerPolicy;
-    using Value = typename Preset::Tier::ValuePolicy::InnerPolicy;
-    static_assert(Key::centroid_count == Value::centroid_count, "kvq_llama: key and value codebooks of one size");
-    int bits = 0;
-    while ((1 << bits) < Key::centroid_count) ++bits;
-    const auto& layers = calibration.codebooks_for(bits, config.layers, config.head_dim, std::string(Preset::name));
-    const LayerCodebooks& codebooks = layers[static_cast<std::size_t>(layer)];
-    params.key.inner.centroids = codebooks.key.data();
-    params.value.inner.centroids = codebooks.value.data();
-    return params;
-  } else {
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("KV preset {} has no codebooks to calibrate (only the nuq presets take a calibration file)",
-                            Preset::name));
-  }
-}
 
 template <KVPreset Preset, class Tiers>
 class CpuBackend final : public Backend {

@@ -46,9 +46,6 @@ GpuMemoryPlan plan_gpu_memory(const LlamaConfig& config, const KvCacheOptions& k
 
 std::unique_ptr<GpuBackend> make_gpu_backend(const LlamaModel& model, const KvCacheOptions& kv,
                                              const GpuOptions& options) {
-  // Calibrated codebooks (kv_calibration.hpp) reach the host cache only so far; refuse rather than run the defaults.
-  require(kv.calibration == nullptr, ErrorCode::invalid_argument,
-          "GPU backend: calibrated codebooks are not supported yet (use the CPU backend)");
   require_host_only_schemes_absent(kv);
   const gpu::WeightFill fill = [&](const WeightLayout& layout, std::uint8_t* base, cudaStream_t stream) {
     gpu::upload_weights(model, layout, base, stream);

@@ -27,6 +27,7 @@
 #include "kvq/planner/memory_plan.hpp"
 #include "runtime/gpu_backend.hpp"
 #include "runtime/gpu_backend_at.hpp"
+#include "runtime/calibrated_params.hpp"
 #include "runtime/gpu_blas.hpp"
 #include "runtime/exact_step.hpp"
 #include "runtime/gpu_kernels.hpp"
@@ -144,7 +145,7 @@ class GpuBackendImpl final : public GpuBackend {
   static constexpr int head_dim = Tiers::head_dim;
 
   GpuBackendImpl(const LlamaConfig& config, const CacheConfig& cache_config, const GpuMemoryPlan& plan,
-                 const WeightFill& fill)
+                 const WeightFill& fill, const KvCalibration* calibration)
       : config_(config),
         plan_(plan),
         used_at_start_(device_used_bytes(&device_total_)),
@@ -153,6 +154,14 @@ class GpuBackendImpl final : public GpuBackend {
         host_logits_(std::int64_t{config.vocabulary} * plan.activations.logit_rows) {
     peak_used_ = used_at_start_;
     const cudaStream_t stream = stream_.get();
+    // The preset's layers get its calibration-free parameters (codebooks, rotation seed), or the calibrated
+    // codebooks of their layer (the CPU backend's, calibrated_params.hpp): checked against the model first.
+    const TierParams<typename Preset::Tier> defaults = Preset::default_params();
+    std::vector<TierParams<typename Preset::Tier>> layer_params(static_cast<std::size_t>(config_.layers), defaults);
+    if (calibration != nullptr)
+      for (int layer = 0; layer < config_.layers; ++layer)
+        if (cache_.tier(layer) == tier_of<Preset>(LayerFormat::preset))
+          layer_params[static_cast<std::size_t>(layer)] = calibrated_params<Preset>(defaults, *calibration, layer, config_);
     // Weights, one allocation laid out by weight_layout().
     layout_ = weight_layout(config_);
     weights_ = memory_.allocate(layout_.total_bytes, "the weights");
@@ -164,13 +173,22 @@ class GpuBackendImpl final : public GpuBackend {
     std::uint8_t* blas_workspace = memory_.allocate(plan_.cublas_workspace, "the cuBLAS workspace");
     blas_ = std::make_unique<Blas>(stream, blas_workspace, plan_.cublas_workspace);
 
-    // The preset's layers get its calibration-free parameters (codebooks, rotation seed), in device memory.
-    TierParams<typename Preset::Tier> params = Preset::default_params();
-    params_to_device<typename Preset::Tier::KeyPolicy>(params.key, memory_);
-    params_to_device<typename Preset::Tier::ValuePolicy>(params.value, memory_);
+    // The layers' parameters in device memory: the defaults' codebooks once, calibrated ones per layer.
+    TierParams<typename Preset::Tier> shared = defaults;
+    if (calibration == nullptr) {
+      params_to_device<typename Preset::Tier::KeyPolicy>(shared.key, memory_);
+      params_to_device<typename Preset::Tier::ValuePolicy>(shared.value, memory_);
+    }
     for (int layer = 0; layer < config_.layers; ++layer)
-      if (cache_.tier(layer) == tier_of<Preset>(LayerFormat::preset))
+      if (cache_.tier(layer) == tier_of<Preset>(LayerFormat::preset)) {
+        TierParams<typename Preset::Tier> params = shared;
+        if (calibration != nullptr) {
+          params = layer_params[static_cast<std::size_t>(layer)];
+          params_to_device<typename Preset::Tier::KeyPolicy>(params.key, memory_);
+          params_to_device<typename Preset::Tier::ValuePolicy>(params.value, memory_);
+        }
         cache_.template set_params<typename Preset::Tier>(layer, params.key, params.value);
+      }
 
     // Decode plans (one per layer; the layers of a tier share theirs) and one workspace per tier, cleared once.
     const std::int64_t bound = decode_workspace_bound(config_);
@@ -418,7 +436,7 @@ std::unique_ptr<GpuBackend> make_backend_at(const LlamaConfig& config, const KvC
     const CacheConfig cache = example_cache_config<Preset>(config, kv);
     const GpuMemoryPlan plan = gpu_memory_plan<Preset, Tiers>(config, cache, gpu);
     check_memory_budget(plan, gpu.memory_budget);
-    return std::make_unique<GpuBackendImpl<Preset, Tiers>>(config, cache, plan, fill);
+    return std::make_unique<GpuBackendImpl<Preset, Tiers>>(config, cache, plan, fill, kv.calibration.get());
   });
 }
 

@@ -16,6 +16,7 @@
 #include "runtime/cpu_backend.hpp"
 #include "runtime/kv_calibration.hpp"
 #include "backend_logits.hpp"
+#include "tiny_calibration.hpp"
 #include "tiny_model.hpp"
 
 using namespace kvq::llama;
@@ -36,22 +37,6 @@ KvCacheOptions cache(const std::string& preset) {
   options.max_tokens = 320;
   options.page_tokens = 128;
   return options;
-}
-
-KvCalibration tiny_calibration(int layers, int head_dim, int bits) {
-  KvCalibration c;
-  c.model = "tiny";
-  c.source = "test";
-  c.weighting = "none";
-  c.layers = layers;
-  c.head_dim = head_dim;
-  auto& codebooks = c.codebooks[bits];
-  for (int layer = 0; layer < layers; ++layer) {
-    std::vector<float> centroids;
-    for (int k = 0; k < (1 << bits); ++k) centroids.push_back(-0.9f + 1.8f * k / ((1 << bits) - 1) + 0.01f * layer);
-    codebooks.push_back({centroids, centroids});
-  }
-  return c;
 }
 
 }  // namespace

@@ -28,14 +28,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/llama_model.hpp"
 #include "runtime/cpu_backend.hpp"
 #include "runtime/gpu_backend.hpp"
 #include "backend_logits.hpp"
+#include "tiny_calibration.hpp"
 #include "tiny_model.hpp"
 
 using namespace kvq::llama;
@@ -262,6 +265,46 @@ TEST_SUITE("gpu") {
         CHECK(difference < 0.25 * quantization);
       }
     }
+  }
+
+  TEST_CASE("tiny model: the GPU backend runs calibrated codebooks as the CPU backend does") {
+    if (!have_device()) return;
+    const LlamaModel& model = tiny();
+    const auto vocabulary = static_cast<std::size_t>(model.config.vocabulary);
+    std::vector<TokenId> tokens(300);  // past nuq's sink and first 128-token key group, so codes are in play
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<TokenId>((i * 37 + 11) % 256);
+    GpuOptions scoring;
+    scoring.max_chunk_tokens = 128;
+    scoring.score_every_token = true;
+    for (const auto& [preset, bits] : {std::pair<std::string, int>{"nuq4", 4}, {"nuq2", 2}}) {
+      CAPTURE(preset);
+      const KvCacheOptions defaults = cache_options(preset, 320);
+      KvCacheOptions calibrated = defaults;
+      calibrated.calibration = std::make_shared<const KvCalibration>(
+          tiny_calibration(model.config.layers, model.config.head_dim, bits));
+      const auto logits = [&](std::unique_ptr<Backend> backend) {
+        std::vector<float> out(tokens.size() * vocabulary);
+        backend->forward_logits(tokens, out);
+        return out;
+      };
+      const std::vector<float> cpu_defaults = logits(make_cpu_backend(model, defaults));
+      const std::vector<float> cpu_calibrated = logits(make_cpu_backend(model, calibrated));
+      const std::vector<float> gpu_calibrated = logits(make_gpu_backend(model, calibrated, scoring));
+      // The codebooks' own effect against the backends' rounding differences, which flip a code now and then (the
+      // forward_logits test above: about a twelfth of the quantization error at 2 bits); a GPU that ran the
+      // default codebooks would sit as far from the CPU's calibrated run as the defaults do. Allowed: a quarter.
+      const double effect = rms_difference(cpu_calibrated, cpu_defaults);
+      const double difference = rms_difference(gpu_calibrated, cpu_calibrated);
+      MESSAGE(preset << ": RMS logit difference GPU vs CPU, both calibrated, " << difference
+                     << "; calibrated vs default codebooks on the CPU " << effect);
+      CHECK(effect > 0);
+      CHECK(difference < 0.25 * effect);
+    }
+    // A calibration for another model shape is refused by the GPU backend too, before it uploads any weights.
+    KvCacheOptions wrong = cache_options("nuq4", 320);
+    wrong.calibration = std::make_shared<const KvCalibration>(
+        tiny_calibration(model.config.layers + 1, model.config.head_dim, 4));
+    CHECK_THROWS_WITH_AS(make_gpu_backend(model, wrong, scoring), doctest::Contains("calibration for"), kvq::Error);
   }
 
   TEST_CASE("the GPU backend refuses a chunk larger than it was sized for and stays usable") {
